@@ -1,0 +1,114 @@
+"""JSON Schema validation of a loaded `Document`, with every error located in the source.
+
+The schema ships inside the package (`compiler/schema/interlock.schema.json`, the same file as
+`schemas/interlock.schema.json`). Each jsonschema error becomes a `Diagnostic` with code
+``schema.<keyword>``; an unknown key is reported at the key itself with a did-you-mean hint::
+
+    validate_schema(doc) -> [Diagnostic("schema.additionalProperties",
+                              "unknown key 'base_ur'", Span(f, 5, 5, "$.upstreams.openai"),
+                              hint="did you mean 'base_url'?")]
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+
+from compiler.diagnostics import Diagnostic, did_you_mean
+from compiler.loader import Document, PathKey
+
+
+@cache
+def schema_text() -> str:
+    return (resources.files("compiler") / "schema" / "interlock.schema.json").read_text("utf-8")
+
+
+@cache
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(json.loads(schema_text()))
+
+
+def validate_schema(doc: Document) -> list[Diagnostic]:
+    """All schema violations of `doc`, located; empty when the document is valid."""
+    out: list[Diagnostic] = []
+    seen: set[tuple[str, str, str]] = set()
+    for error in _validator().iter_errors(doc.data):
+        for diagnostic in _diagnose(_specific(error), doc):
+            key = (diagnostic.code, diagnostic.span.path, diagnostic.message)
+            if key not in seen:
+                seen.add(key)
+                out.append(diagnostic)
+    return out
+
+
+def _specific(error: ValidationError) -> ValidationError:
+    """For anyOf/oneOf, the branch error that says the most about this instance."""
+    while error.context:
+        typed = [e for e in error.context if e.validator != "type" or len(e.path) > 0]
+        error = best_match(typed or error.context)
+    return error
+
+
+def _diagnose(error: ValidationError, doc: Document) -> list[Diagnostic]:
+    path: PathKey = tuple(error.absolute_path)
+    keyword = str(error.validator)
+    code = f"schema.{keyword}"
+    if keyword == "additionalProperties" and isinstance(error.instance, dict):
+        return _unknown_keys(error, doc, path)
+    if keyword == "required" and isinstance(error.instance, dict):
+        missing = _quoted(error.message) or "a property"
+        return [Diagnostic(code, f"missing required key '{missing}'", doc.key_span(path))]
+    if keyword == "enum":
+        choices = [str(c) for c in error.validator_value]
+        hint = did_you_mean(str(error.instance), choices) or "one of: " + ", ".join(choices)
+        return [Diagnostic(code, f"{error.instance!r} is not allowed here", doc.span(path), hint=hint)]
+    if keyword in ("false", "not") and path:
+        return [Diagnostic(code, f"'{path[-1]}' is not allowed here", doc.key_span(path))]
+    return [Diagnostic(code, _message(error), doc.span(path))]
+
+
+def _unknown_keys(error: ValidationError, doc: Document, path: PathKey) -> list[Diagnostic]:
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    known = set(schema.get("properties", {}))
+    patterns = [re.compile(p) for p in schema.get("patternProperties", {})]
+    out = []
+    for key in error.instance:
+        if key in known or any(p.search(key) for p in patterns):
+            continue
+        out.append(
+            Diagnostic(
+                "schema.additionalProperties",
+                f"unknown key '{key}'",
+                doc.key_span((*path, key)),
+                hint=did_you_mean(key, known) or _allowed(known),
+            )
+        )
+    return out
+
+
+def _allowed(known: set[str]) -> str | None:
+    return "allowed keys: " + ", ".join(sorted(known)) if known else None
+
+
+def _quoted(message: str) -> str | None:
+    found = re.match(r"^'([^']*)'", message)
+    return found.group(1) if found else None
+
+
+def _message(error: ValidationError) -> str:
+    instance: Any = error.instance
+    text = error.message
+    if len(text) > 160:  # jsonschema repeats whole sub-documents; keep the message readable
+        text = f"{_short(instance)} fails '{error.validator}': {error.validator_value!r}"[:160]
+    return text
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."

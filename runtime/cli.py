@@ -1,0 +1,115 @@
+"""The `interlock` command.
+
+    interlock validate FILE...   [--format text|json|github] [--strict]   exit 0 ok, 1 invalid, 2 usage
+    interlock dump FILE          the compiled table, deterministic and secret-free
+    interlock schema             the JSON Schema of the config language
+    interlock hash-key [KEY]     a new API key (or KEY) and the `hash:` line to put in the config
+    interlock serve CONFIG       run the gateway
+
+Only `serve` imports the server; the other commands need nothing but the compiler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import secrets
+import sys
+from collections.abc import Sequence
+
+from compiler import CompileResult, compile_config
+from compiler.diagnostics import render_github, render_json, render_text
+from compiler.dump import dump_table
+from compiler.schema import schema_text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="interlock", description="Declarative LLM gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    validate = sub.add_parser("validate", help="check config files; exit 1 if any is invalid")
+    validate.add_argument("paths", nargs="+", metavar="FILE", help="config file or directory")
+    validate.add_argument("--format", choices=("text", "json", "github"), default="text")
+    validate.add_argument("--strict", action="store_true", help="warnings fail too")
+    validate.set_defaults(run=_validate)
+
+    dump = sub.add_parser("dump", help="print the compiled route table")
+    dump.add_argument("path", metavar="FILE")
+    dump.set_defaults(run=_dump)
+
+    schema = sub.add_parser("schema", help="print the config JSON Schema")
+    schema.set_defaults(run=lambda _args: _print(schema_text()))
+
+    hash_key = sub.add_parser("hash-key", help="make an API key and its config hash")
+    hash_key.add_argument("key", nargs="?", help="hash this key instead of making one")
+    hash_key.set_defaults(run=_hash_key)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("config", metavar="CONFIG", help="config file or directory")
+    serve.add_argument("--bind", action="append", help="host:port (repeatable); overrides config")
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
+    serve.set_defaults(run=_serve)
+    return parser
+
+
+def _print(text: str) -> int:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    failed = False
+    results: list[tuple[str, CompileResult]] = [(p, compile_config(p)) for p in args.paths]
+    all_diagnostics = [d for _, r in results for d in r.diagnostics]
+    if args.format == "json":
+        _print(render_json(all_diagnostics))
+    for path, result in results:
+        fails = not result.ok or (args.strict and bool(result.warnings))
+        failed = failed or fails
+        if args.format == "github":
+            for diagnostic in result.diagnostics:
+                _print(render_github(diagnostic))
+        elif args.format == "text":
+            for diagnostic in result.diagnostics:
+                _print(render_text(diagnostic, dict(result.sources)))
+            state = "invalid" if fails else "ok"
+            counts = f"{len(result.errors)} error(s), {len(result.warnings)} warning(s)"
+            version = f", version {result.table.short_version}" if result.table else ""
+            sys.stderr.write(f"{path}: {state} ({counts}{version})\n")
+    return 1 if failed else 0
+
+
+def _dump(args: argparse.Namespace) -> int:
+    result = compile_config(args.path)
+    if result.table is None:
+        for diagnostic in result.diagnostics:
+            sys.stderr.write(render_text(diagnostic, dict(result.sources)) + "\n")
+        return 1
+    return _print(dump_table(result.table))
+
+
+def _hash_key(args: argparse.Namespace) -> int:
+    key = args.key or "il-" + secrets.token_urlsafe(32)
+    salt = secrets.token_hex(8)
+    digest = hashlib.sha256((salt + key).encode()).hexdigest()
+    if not args.key:
+        _print(f"key:  {key}    (shown once; give it to the client)")
+    return _print(f'hash: "sha256:{salt}:{digest}"')
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from runtime.server import serve  # NOTE: only `serve` pays for importing the server
+
+    return serve(args.config, binds=args.bind, workers=args.workers, watch=not args.no_watch)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""One client request as the pipeline sees it: raw bytes, the few fields routing needs, and the
+full decoded body only when something asks for it.
+
+msgspec decodes the body into a small per-API `*Head` Struct (model, stream, the required
+fields' presence and types) and ignores everything else; `body()` decodes the whole JSON lazily,
+once. A body nobody changed is forwarded as the original bytes::
+
+    ctx = RequestContext.parse("openai.chat", b'{"model":"m","messages":[]}', headers, "rid")
+    ctx.model -> "m";  ctx.body()["messages"] -> []
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from compiler.matcher import message_text
+from compiler.table import ApiKey
+from runtime.errors import GatewayError
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool | None = None
+
+
+class ChatHead(msgspec.Struct):
+    messages: list[msgspec.Raw]
+    model: str | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+
+
+class CompletionHead(msgspec.Struct):
+    prompt: msgspec.Raw
+    model: str | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+
+
+class EmbeddingHead(msgspec.Struct):
+    input: msgspec.Raw
+    model: str | None = None
+
+
+class MessagesHead(msgspec.Struct):
+    messages: list[msgspec.Raw]
+    max_tokens: int
+    model: str | None = None
+    stream: bool | None = None
+
+
+class CountTokensHead(msgspec.Struct):
+    messages: list[msgspec.Raw]
+    model: str | None = None
+
+
+Head = ChatHead | CompletionHead | EmbeddingHead | MessagesHead | CountTokensHead
+
+_DECODERS: Mapping[str, msgspec.json.Decoder[Any]] = {
+    "openai.chat": msgspec.json.Decoder(ChatHead),
+    "openai.completions": msgspec.json.Decoder(CompletionHead),
+    "openai.embeddings": msgspec.json.Decoder(EmbeddingHead),
+    "anthropic.messages": msgspec.json.Decoder(MessagesHead),
+    "anthropic.count_tokens": msgspec.json.Decoder(CountTokensHead),
+}
+_decode_any = msgspec.json.Decoder().decode
+
+
+class RequestContext:
+    """Per-request state; it is the `compiler.matcher.MatchInput` the route table matches."""
+
+    __slots__ = (
+        "_body",
+        "_texts",
+        "api",
+        "head",
+        "api_key",
+        "headers",
+        "raw",
+        "request_id",
+    )
+
+    def __init__(
+        self, api: str, raw: bytes, head: Head, headers: Mapping[str, str], request_id: str
+    ) -> None:
+        self.api = api
+        self.raw = raw
+        self.head = head
+        self.headers = headers
+        self.request_id = request_id
+        self.api_key: ApiKey | None = None
+        self._body: dict[str, Any] | None = None
+        self._texts: dict[str, str] | None = None
+
+    @classmethod
+    def parse(
+        cls, api: str, raw: bytes, headers: Mapping[str, str], request_id: str
+    ) -> RequestContext:
+        """Decode the routing fields of `raw`; a malformed or ill-typed body is a 400."""
+        try:
+            head = _DECODERS[api].decode(raw)
+        except msgspec.ValidationError as exc:
+            raise GatewayError(400, f"invalid request body: {exc}", param=_param(exc)) from None
+        except msgspec.DecodeError as exc:
+            raise GatewayError(400, f"request body is not valid JSON: {exc}") from None
+        return cls(api, raw, head, headers, request_id)
+
+    # --- MatchInput -----------------------------------------------------------------------
+
+    @property
+    def model(self) -> str | None:
+        return self.head.model
+
+    @property
+    def stream(self) -> bool:
+        return bool(getattr(self.head, "stream", False))
+
+    @property
+    def include_usage(self) -> bool:
+        options = getattr(self.head, "stream_options", None)
+        return bool(options and options.include_usage)
+
+    @property
+    def key(self) -> Mapping[str, str] | None:
+        key = self.api_key
+        if key is None:
+            return None
+        attrs = {"id": key.id, "name": key.name, "org": key.org, "project": key.project}
+        return {k: v for k, v in attrs.items() if v is not None}
+
+    @property
+    def key_tags(self) -> Mapping[str, str]:
+        return self.api_key.tags if self.api_key is not None else {}
+
+    def body(self) -> dict[str, Any]:
+        """The whole decoded body (decoded on first use; callers may mutate it)."""
+        if self._body is None:
+            decoded = _decode_any(self.raw)
+            self._body = decoded if isinstance(decoded, dict) else {}
+        return self._body
+
+    @property
+    def body_decoded(self) -> bool:
+        return self._body is not None
+
+    def text(self, scope: str) -> str:
+        if self._texts is None:
+            self._texts = {}
+        found = self._texts.get(scope)
+        if found is None:
+            found = self._texts[scope] = message_text(self.api, self.body(), scope)
+        return found
+
+    def prompt_chars(self) -> int:
+        return len(self.text("all"))
+
+
+def _param(exc: msgspec.ValidationError) -> str | None:
+    text = str(exc)
+    marker = "at `$."
+    if marker in text:
+        return text.split(marker, 1)[1].rstrip("`").split("[")[0].split(".")[0] or None
+    return None
