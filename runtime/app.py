@@ -1,0 +1,333 @@
+"""The ASGI application: OpenAI and Anthropic endpoints on one root, health, models, admin.
+
+`Gateway` holds the live `Snapshot` in one attribute; every request reads it once and finishes
+on it, and `swap` publishes a new one with a single assignment::
+
+    gateway = Gateway(prepare_snapshot(table))
+    app = create_app(gateway)          # serve with Hypercorn
+    gateway.swap(prepare_snapshot(new_table))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from runtime.accesslog import AccessLog
+from runtime.errors import GatewayError, error_body, is_anthropic
+from runtime.pipeline import GatewayState, Outcome, run_pipeline
+from runtime.request import RequestContext
+from runtime.snapshot import Snapshot
+
+_MAX_HEADER_BYTES = 64 * 1024
+API_PATHS = {
+    "/v1/chat/completions": "openai.chat",
+    "/v1/completions": "openai.completions",
+    "/v1/embeddings": "openai.embeddings",
+    "/v1/messages": "anthropic.messages",
+    "/v1/messages/count_tokens": "anthropic.count_tokens",
+}
+
+
+class ClientGone(Exception):
+    """The client disconnected before the response was complete."""
+
+
+class Gateway:
+    """The live snapshot plus everything that outlives a swap."""
+
+    def __init__(self, snapshot: Snapshot, state: GatewayState | None = None) -> None:
+        self.state = state or GatewayState()
+        self.state.pool.prepare(list(snapshot.table.upstreams.values()))
+        self.snapshot = snapshot
+        self.access_log = AccessLog()
+        self.started = time.time()
+        self.in_flight = 0
+
+    def swap(self, snapshot: Snapshot) -> None:
+        """Publish `snapshot`: prepare pools first, then one reference assignment."""
+        self.state.pool.prepare(list(snapshot.table.upstreams.values()))
+        self.snapshot = snapshot
+        live_targets = {t.state_id for m in snapshot.table.models.values() for t in m.targets}
+        self.state.breakers.prune(live_targets)
+        self.state.latency.prune(live_targets)
+
+
+class ApiEndpoint:
+    """One client API (``openai.chat``, ...) as a raw ASGI app, for control over streaming and
+    client disconnects."""
+
+    def __init__(self, gateway: Gateway, api: str) -> None:
+        self.gateway = gateway
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gateway = self.gateway
+        snap = gateway.snapshot  # NOTE: read once; this request finishes on this table
+        started = time.perf_counter()
+        request_id = ""
+        gateway.in_flight += 1
+        outcome: Outcome | None = None
+        status = 500
+        cors: list[tuple[str, str]] = []
+        try:
+            try:
+                headers = _headers(scope)
+                request_id = _request_id(headers, snap)
+                cors = _cors_headers(snap, headers)
+                raw = await _read_body(receive, headers, snap.table.server.max_body_bytes)
+                ctx = RequestContext.parse(self.api, raw, headers, request_id)
+                outcome = await _until_disconnect(
+                    run_pipeline(gateway.state, snap, ctx), receive
+                )
+            except GatewayError as exc:
+                status = exc.status
+                await _send_error(send, self.api, exc, snap, request_id, cors)
+                return
+            status = outcome.status
+            response_headers = outcome.headers + _identity(snap, outcome, request_id, self.api)
+            if outcome.stream is None:
+                response_headers.append(("content-length", str(len(outcome.body))))
+                await _start(send, status, response_headers + cors)
+                await send({"type": "http.response.body", "body": outcome.body})
+            else:
+                await _start(send, status, response_headers + cors)
+                await _pump(send, receive, outcome)
+        except ClientGone:
+            status = 499
+        finally:
+            gateway.in_flight -= 1
+            gateway.access_log.record(snap, self.api, request_id, status, outcome, started)
+
+
+def _request_id(headers: dict[str, str], snap: Snapshot) -> str:
+    """The caller's request id when it is a sane token, else a fresh one."""
+    given = headers.get(snap.table.observability.request_id_header)
+    if given and len(given) <= 128 and given.isprintable():
+        return given
+    return os.urandom(12).hex()
+
+
+async def _send_error(
+    send: Send,
+    api: str,
+    error: GatewayError,
+    snap: Snapshot,
+    request_id: str,
+    cors: list[tuple[str, str]],
+) -> None:
+    body = error_body(api, error)
+    headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
+    headers += [*error.headers, *cors]
+    headers += _request_id_headers(snap, request_id, api)
+    if snap.table.server.response_headers.version:
+        headers.append((snap.table.server.response_headers.version, snap.version))
+    await _start(send, error.status, headers)
+    await send({"type": "http.response.body", "body": body})
+
+
+def _request_id_headers(snap: Snapshot, request_id: str, api: str) -> list[tuple[str, str]]:
+    out = [(snap.table.observability.request_id_header, request_id)]
+    if is_anthropic(api):
+        out.append(("request-id", request_id))
+    return out
+
+
+def _identity(snap: Snapshot, outcome: Outcome, request_id: str, api: str) -> list[tuple[str, str]]:
+    names = snap.table.server.response_headers
+    out = _request_id_headers(snap, request_id, api)
+    for name, value in (
+        (names.route, outcome.route),
+        (names.upstream, outcome.upstream),
+        (names.model, outcome.model),
+        (names.version, snap.version),
+    ):
+        if name and value:
+            out.append((name, value))
+    return out
+
+
+async def _start(send: Send, status: int, headers: list[tuple[str, str]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (n.encode("latin-1"), v.encode("latin-1", "replace")) for n, v in headers
+            ],
+        }
+    )
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    out: dict[str, str] = {}
+    size = 0
+    for name, value in scope["headers"]:
+        size += len(name) + len(value)
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        out[key] = f"{out[key]}, {text}" if key in out else text
+    if size > _MAX_HEADER_BYTES:
+        raise GatewayError(431, "request headers are too large")
+    return out
+
+
+async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
+    content_type = headers.get("content-type")
+    if content_type is not None and "json" not in content_type.lower():
+        raise GatewayError(415, f"content-type must be application/json, not {content_type!r}")
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise GatewayError(413, f"request body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(413, f"request body is larger than {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _until_disconnect(work: Awaitable[Outcome], receive: Receive) -> Outcome:
+    """Run `work`, cancelling it (and so the upstream request) if the client goes away."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientGone
+    return task.result()
+
+
+async def _pump(send: Send, receive: Receive, outcome: Outcome) -> None:
+    """Stream the body; a client disconnect cancels the stream (closing the upstream)."""
+    assert outcome.stream is not None  # noqa: S101
+    stream = outcome.stream
+
+    async def write() -> None:
+        try:
+            async for chunk in stream:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    writer = asyncio.ensure_future(write())
+    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    try:
+        await asyncio.wait((writer, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not writer.done():
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            watcher.cancel()
+            raise ClientGone
+        watcher.cancel()
+    writer.result()
+
+
+def _cors_headers(snap: Snapshot, headers: dict[str, str]) -> list[tuple[str, str]]:
+    cors = snap.table.server.cors
+    origin = headers.get("origin")
+    if cors is None or origin is None:
+        return []
+    if "*" not in cors.allow_origins and origin not in cors.allow_origins:
+        return []
+    out = [("access-control-allow-origin", origin if cors.allow_credentials else
+            ("*" if "*" in cors.allow_origins else origin)), ("vary", "origin")]
+    if cors.allow_credentials:
+        out.append(("access-control-allow-credentials", "true"))
+    return out
+
+
+def _models_endpoint(gateway: Gateway) -> Callable[[Request], Awaitable[Response]]:
+    async def models(request: Request) -> Response:
+        snap = gateway.snapshot
+        api = "anthropic.messages" if "anthropic-version" in request.headers else "openai.chat"
+        try:
+            key = (
+                snap.keyring.authenticate({k.lower(): v for k, v in request.headers.items()})
+                if snap.keyring is not None
+                else None
+            )
+        except GatewayError as exc:
+            return Response(error_body(api, exc), exc.status, media_type="application/json")
+        names = [
+            name for name in sorted({*snap.table.models, *snap.table.model_names})
+            if key is None or key.models_pattern is None
+            or key.models_pattern.fullmatch(snap.table.model_names.get(name, name))
+        ]
+        if is_anthropic(api):
+            data: list[dict[str, Any]] = [
+                {"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"}
+                for n in names
+            ]
+            return JSONResponse({"data": data, "has_more": False,
+                                 "first_id": names[0] if names else None,
+                                 "last_id": names[-1] if names else None})
+        data = [{"id": n, "object": "model", "created": 0, "owned_by": "interlock"} for n in names]
+        return JSONResponse({"object": "list", "data": data})
+
+    return models
+
+
+def _preflight(gateway: Gateway) -> Callable[[Request], Awaitable[Response]]:
+    async def options(request: Request) -> Response:
+        snap = gateway.snapshot
+        cors = snap.table.server.cors
+        headers = dict(_cors_headers(snap, {k.lower(): v for k, v in request.headers.items()}))
+        if cors is None or not headers:
+            return Response(status_code=204)
+        headers["access-control-allow-methods"] = ", ".join(cors.allow_methods)
+        headers["access-control-allow-headers"] = ", ".join(cors.allow_headers) or "*"
+        headers["access-control-max-age"] = str(cors.max_age_s)
+        return Response(status_code=204, headers=headers)
+
+    return options
+
+
+def create_app(gateway: Gateway) -> Starlette:
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        snap = gateway.snapshot
+        return JSONResponse({"status": "ready", "version": snap.table.version})
+
+    routes = [Route(path, ApiEndpoint(gateway, api), methods=["POST"])
+              for path, api in API_PATHS.items()]
+    routes += [Route(path, _preflight(gateway), methods=["OPTIONS"]) for path in API_PATHS]
+    routes += [
+        Route("/v1/models", _models_endpoint(gateway), methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    return Starlette(routes=routes)

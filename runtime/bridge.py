@@ -1,0 +1,333 @@
+"""How a request of one client API reaches an upstream that speaks one protocol family.
+
+A `Bridge` names the upstream path, the request/response translation (none when client and
+upstream speak the same protocol) and makes a per-request `Relay` that turns the upstream's stream
+bytes into the client's stream bytes::
+
+    bridge = bridge_for("openai.chat", "anthropic")
+    bridge.path -> "/v1/messages";  bridge.request(openai_body) -> anthropic_body
+    relay = bridge.relay(model="claude", include_usage=True, steps=(), api="openai.chat")
+    relay.feed(b"event: message_start\\ndata: {...}\\n\\n") -> b'data: {"id": ...}\\n\\n'
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+
+from compiler.transforms import Step, apply_stream_steps
+from runtime.errors import GatewayError, is_anthropic
+from runtime.sse import NDJSONDecoder, SSEDecoder
+from runtime.translate import anthropic as tr_anthropic
+from runtime.translate import ollama as tr_ollama
+from runtime.translate.anthropic_stream import (
+    AnthropicToCompletionsStream,
+    AnthropicToOpenAIStream,
+    OpenAIToAnthropicStream,
+)
+from runtime.translate.common import new_id
+from runtime.translate.errors import to_anthropic_error, to_openai_error
+from runtime.upstream import UpstreamFailure
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.decode
+
+Body = dict[str, Any]
+Event = tuple[str | None, Any]  # (SSE event name, decoded data)
+
+
+class Translator(Protocol):
+    """A streaming protocol translator: upstream events in, client events out."""
+
+    def feed(self, event: str | None, data: Any) -> list[Event]: ...
+    def finish(self) -> list[Event]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Bridge:
+    path: str
+    framing: str  # upstream stream framing: sse | ndjson
+    request: Callable[[Body], Body] | None = None  # None: same protocol, forward as is
+    response: Callable[[Body], Body] | None = None
+    translator: Callable[[str, bool], Translator] | None = None  # (model, include_usage)
+    terminator: bytes = b"[DONE]"  # how a same-protocol upstream stream ends
+
+    @property
+    def same_protocol(self) -> bool:
+        return self.request is None
+
+    def relay(
+        self, *, model: str, include_usage: bool, steps: Sequence[Step], api: str
+    ) -> Relay:
+        if self.translator is None and not steps:
+            return RawRelay(api, self.terminator)
+        translator = (
+            self.translator(model, include_usage) if self.translator is not None else None
+        )
+        return EventRelay(api, self.framing, translator, tuple(steps), self.terminator)
+
+    def error_body(self, api: str, status: int, body: bytes) -> bytes:
+        """An upstream error body rewritten in the client's API shape (secrets redacted)."""
+        if is_anthropic(api):
+            return _encode(to_anthropic_error(body, status=status))
+        return _encode(to_openai_error(body, status=status))
+
+
+# --- relays -----------------------------------------------------------------------------------
+
+
+class Relay(Protocol):
+    def feed(self, chunk: bytes) -> bytes: ...
+    def finish(self) -> bytes: ...
+
+
+class RawRelay:
+    """Same protocol, no stream transforms: bytes go through untouched. At the end it checks that
+    the upstream stream ended properly (``[DONE]`` / ``message_stop``)."""
+
+    __slots__ = ("_tail", "api", "terminator")
+
+    def __init__(self, api: str, terminator: bytes) -> None:
+        self.api = api
+        self.terminator = terminator
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        self._tail = (self._tail + chunk)[-64:]
+        return chunk
+
+    def finish(self) -> bytes:
+        if self.terminator not in self._tail:
+            raise UpstreamFailure("bad_response", "upstream stream ended before it was complete")
+        return b""
+
+    @property
+    def at_boundary(self) -> bool:
+        return self._tail.endswith((b"\n\n", b"\r\n\r\n")) or not self._tail
+
+
+class EventRelay:
+    """Decode upstream events, translate them, run stream-safe transforms, encode for the client."""
+
+    __slots__ = ("_done", "_ndjson", "_sse", "api", "steps", "terminator", "translator")
+
+    def __init__(
+        self,
+        api: str,
+        framing: str,
+        translator: Translator | None,
+        steps: tuple[Step, ...],
+        terminator: bytes,
+    ) -> None:
+        self.api = api
+        self.translator = translator
+        self.steps = steps
+        self.terminator = terminator
+        self._sse = SSEDecoder() if framing == "sse" else None
+        self._ndjson = NDJSONDecoder() if framing == "ndjson" else None
+        self._done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self._emit(self._upstream_events(chunk))
+
+    def finish(self) -> bytes:
+        tail: list[Event] = []
+        if self.translator is not None:
+            tail = self.translator.finish()
+        elif not self._done:
+            raise UpstreamFailure("bad_response", "upstream stream ended before it was complete")
+        out = self._emit(tail)
+        if not is_anthropic(self.api):
+            out += b"data: [DONE]\n\n"
+        return out
+
+    def _upstream_events(self, chunk: bytes) -> list[Event]:
+        events: list[Event] = []
+        if self._sse is not None:
+            for event in self._sse.feed(chunk):
+                if event.data == "[DONE]":
+                    self._done = True
+                    continue
+                try:
+                    data = _decode(event.data)
+                except msgspec.DecodeError:
+                    raise UpstreamFailure("bad_response", "upstream sent a malformed event") from None
+                if event.event == "message_stop":
+                    self._done = True
+                events.extend(self._translate(event.event, data))
+        elif self._ndjson is not None:
+            for line in self._ndjson.feed(chunk):
+                try:
+                    data = _decode(line)
+                except msgspec.DecodeError:
+                    raise UpstreamFailure("bad_response", "upstream sent a malformed line") from None
+                events.extend(self._translate(None, data))
+        return events
+
+    def _translate(self, name: str | None, data: Any) -> list[Event]:
+        if self.translator is None:
+            return [(name, data)]
+        return self.translator.feed(name, data)
+
+    def _emit(self, events: list[Event]) -> bytes:
+        parts = []
+        anthropic = is_anthropic(self.api)
+        for name, data in events:
+            if self.steps and isinstance(data, dict):
+                apply_stream_steps(self.steps, data, self.api)
+            body = _encode(data)
+            if anthropic:
+                event = name or (data.get("type") if isinstance(data, dict) else None) or "message"
+                parts.append(b"event: " + event.encode() + b"\ndata: " + body + b"\n\n")
+            else:
+                parts.append(b"data: " + body + b"\n\n")
+        return b"".join(parts)
+
+
+# --- the protocol matrix ----------------------------------------------------------------------
+
+
+class _OpenAIToAnthropicEvents:
+    """Adapts `OpenAIToAnthropicStream` (chunk in) to the `Translator` shape."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.inner = OpenAIToAnthropicStream(model, message_id=new_id("msg_"))
+
+    def feed(self, event: str | None, data: Any) -> list[Event]:
+        return list(self.inner.feed(data))
+
+    def finish(self) -> list[Event]:
+        return list(self.inner.finish())
+
+
+class _Chain:
+    """Two translators in a row (Ollama -> OpenAI -> Anthropic)."""
+
+    def __init__(self, first: Translator, second: Translator) -> None:
+        self.first, self.second = first, second
+
+    def feed(self, event: str | None, data: Any) -> list[Event]:
+        return [out for name, item in self.first.feed(event, data)
+                for out in self.second.feed(name, item)]
+
+    def finish(self) -> list[Event]:
+        out = [o for name, item in self.first.finish() for o in self.second.feed(name, item)]
+        return out + self.second.finish()
+
+
+def _chunk_translator(
+    factory: Callable[..., Any], *, named: bool = True
+) -> Callable[[str, bool], Translator]:
+    """Wrap a translator whose `feed` returns OpenAI chunk dicts into the `Translator` shape;
+    `named` translators take ``(event, data)`` (Anthropic SSE), others take ``(data)`` (NDJSON)."""
+
+    class Wrapped:
+        def __init__(self, model: str, include_usage: bool) -> None:
+            self.inner = factory(
+                model, include_usage=include_usage, created=int(time.time()),
+                chunk_id=new_id("chatcmpl-"),
+            )
+
+        def feed(self, event: str | None, data: Any) -> list[Event]:
+            chunks = self.inner.feed(event, data) if named else self.inner.feed(data)
+            return [(None, chunk) for chunk in chunks]
+
+        def finish(self) -> list[Event]:
+            return [(None, chunk) for chunk in self.inner.finish()]
+
+    return Wrapped
+
+
+def _ollama_to_anthropic(model: str, include_usage: bool) -> Translator:
+    return _Chain(_ollama_chat(model, True), _OpenAIToAnthropicEvents(model, True))
+
+
+_ollama_chat = _chunk_translator(tr_ollama.OllamaToOpenAIStream, named=False)
+
+
+def _compose(*steps: Callable[[Body], Body]) -> Callable[[Body], Body]:
+    def run(body: Body) -> Body:
+        for step in steps:
+            body = step(body)
+        return body
+
+    return run
+
+
+_SAME_OPENAI = {
+    "openai.chat": "/chat/completions",
+    "openai.completions": "/completions",
+    "openai.embeddings": "/embeddings",
+}
+
+_BRIDGES: Mapping[tuple[str, str], Bridge] = {
+    **{(api, "openai"): Bridge(path, "sse") for api, path in _SAME_OPENAI.items()},
+    ("anthropic.messages", "anthropic"): Bridge(
+        "/v1/messages", "sse", terminator=b"message_stop"
+    ),
+    ("anthropic.count_tokens", "anthropic"): Bridge("/v1/messages/count_tokens", "sse"),
+    ("openai.chat", "anthropic"): Bridge(
+        "/v1/messages",
+        "sse",
+        request=tr_anthropic.openai_chat_to_anthropic,
+        response=tr_anthropic.anthropic_response_to_openai,
+        translator=_chunk_translator(AnthropicToOpenAIStream),
+    ),
+    ("openai.completions", "anthropic"): Bridge(
+        "/v1/messages",
+        "sse",
+        request=tr_anthropic.completions_to_anthropic,
+        response=tr_anthropic.anthropic_response_to_completions,
+        translator=_chunk_translator(AnthropicToCompletionsStream),
+    ),
+    ("anthropic.messages", "openai"): Bridge(
+        "/chat/completions",
+        "sse",
+        request=tr_anthropic.anthropic_to_openai_chat,
+        response=tr_anthropic.openai_response_to_anthropic,
+        translator=_OpenAIToAnthropicEvents,
+    ),
+    ("openai.chat", "ollama"): Bridge(
+        "/api/chat",
+        "ndjson",
+        request=tr_ollama.openai_chat_to_ollama,
+        response=tr_ollama.ollama_chat_to_openai,
+        translator=_ollama_chat,
+    ),
+    ("openai.completions", "ollama"): Bridge(
+        "/api/generate",
+        "ndjson",
+        request=tr_ollama.completions_to_ollama,
+        response=tr_ollama.ollama_generate_to_completions,
+        translator=_chunk_translator(tr_ollama.OllamaToCompletionsStream, named=False),
+    ),
+    ("openai.embeddings", "ollama"): Bridge(
+        "/api/embed",
+        "ndjson",
+        request=tr_ollama.embeddings_to_ollama,
+        response=tr_ollama.ollama_embed_to_openai,
+    ),
+    ("anthropic.messages", "ollama"): Bridge(
+        "/api/chat",
+        "ndjson",
+        request=_compose(tr_anthropic.anthropic_to_openai_chat, tr_ollama.openai_chat_to_ollama),
+        response=_compose(tr_ollama.ollama_chat_to_openai, tr_anthropic.openai_response_to_anthropic),
+        translator=_ollama_to_anthropic,
+    ),
+}
+
+
+def bridge_for(api: str, family: str) -> Bridge | None:
+    """The bridge for `api` to a `family` upstream; None when that upstream cannot serve it
+    (``anthropic.count_tokens`` is then estimated locally by the caller)."""
+    found = _BRIDGES.get((api, family))
+    if found is None and api != "anthropic.count_tokens":
+        raise GatewayError(
+            400, f"this model's upstream ({family}) cannot serve {api} requests",
+            code="unsupported_api",
+        )
+    return found

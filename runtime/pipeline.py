@@ -1,0 +1,477 @@
+"""The request pipeline: one client request through the route table to an `Outcome`.
+
+    auth -> route match -> action (reject, model, params) -> request transforms
+         -> for each model of the fallback chain, each target in strategy order:
+              breaker -> headers -> translate -> upstream call (retries with backoff)
+         -> response transforms / stream relay -> response headers
+
+Every step reads the `Snapshot` the request started with; state that outlives reloads (breakers,
+latencies, round-robin counters, OAuth tokens, connection pools) lives in `GatewayState`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from compiler.headers import apply_header_policies, apply_header_rules, protect_client_headers
+from compiler.matcher import match_route
+from compiler.table import (
+    CompiledAction,
+    CompiledModel,
+    CompiledRoute,
+    CompiledTarget,
+    ParamPlan,
+)
+from compiler.transforms import apply_request_steps, apply_response_steps
+from runtime.auth import check_model_allowed
+from runtime.balance import LatencyBook, RoundRobinBook, order_targets
+from runtime.bridge import Bridge, bridge_for
+from runtime.bridge import EventRelay, Relay
+from runtime.errors import GatewayError, stream_error_event
+from runtime.oauth import OAuthError, TokenSource
+from runtime.request import RequestContext
+from runtime.resilience import BreakerBook, classify_status, next_delay, should_retry
+from runtime.snapshot import ANTHROPIC_VERSION, PreparedUpstream, Snapshot
+from runtime.translate import TranslationError
+from runtime.translate.anthropic import count_request_chars, estimate_tokens
+from runtime.upstream import Reply, UpstreamFailure, UpstreamPool
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.decode
+NO_ACTION = CompiledAction()
+_RESPONSE_DROP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
+     "date", "server", "set-cookie", "te", "trailer", "upgrade", "proxy-authenticate"}
+)
+_DEFAULT_RESPONSE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+_BREAKER_NEUTRAL = frozenset({"client_error"})
+
+
+class _Valid(msgspec.Struct):
+    """Decoding into this validates JSON without building objects."""
+
+
+_validate_json = msgspec.json.Decoder(_Valid).decode
+
+
+@dataclass
+class GatewayState:
+    """What outlives a table swap, keyed by stable ids from the table."""
+
+    pool: UpstreamPool = field(default_factory=UpstreamPool)
+    breakers: BreakerBook = field(default_factory=BreakerBook)
+    latency: LatencyBook = field(default_factory=LatencyBook)
+    round_robin: RoundRobinBook = field(default_factory=RoundRobinBook)
+    tokens: dict[str, TokenSource] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=random.Random)
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+    route: str | None = None
+    upstream: str | None = None
+    model: str | None = None
+
+
+async def run_pipeline(state: GatewayState, snap: Snapshot, ctx: RequestContext) -> Outcome:
+    table = snap.table
+    if snap.keyring is not None:
+        ctx.api_key = snap.keyring.authenticate(ctx.headers)
+    route = match_route(table, ctx)
+    action = route.action if route is not None else NO_ACTION
+    if action.reject is not None:
+        raise GatewayError(action.reject.status, action.reject.message, code="rejected")
+    requested = action.model or ctx.model or action.default_model
+    if requested is None:
+        raise GatewayError(400, "you must provide a model parameter", param="model")
+    model = table.resolve_model(requested)
+    if model is None:
+        raise GatewayError(
+            404, f"the model '{requested}' does not exist", code="model_not_found", param="model"
+        )
+    check_model_allowed(ctx.api_key, model.name)
+    _edit_request(ctx, action)
+    call = _Call(state, snap, ctx, route, action, requested)
+    return await call.run(model)
+
+
+def _edit_request(ctx: RequestContext, action: CompiledAction) -> None:
+    if not action.params.empty:
+        apply_params(ctx.body(), action.params)
+    for pipeline in action.transforms:
+        if pipeline.request:
+            apply_request_steps(pipeline.request, ctx.body(), ctx.api)
+
+
+def apply_params(body: dict[str, Any], plan: ParamPlan) -> None:
+    """Apply a route's parameter plan in place: drop, default, set, then clamp numbers.
+
+    ``apply_params({"max_tokens": 9000}, ParamPlan(clamp={"max_tokens": (None, 4096)}))``
+    leaves ``{"max_tokens": 4096}``.
+    """
+    for name in plan.drop:
+        body.pop(name, None)
+    for name, value in plan.default.items():
+        body.setdefault(name, value)
+    body.update(plan.set)
+    for name, (low, high) in plan.clamp.items():
+        value = body.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if low is not None and value < low:
+                body[name] = type(value)(low) if isinstance(value, int) else low
+            if high is not None and value > high:
+                body[name] = type(value)(high) if isinstance(value, int) else high
+
+
+class _Call:
+    """The upstream half of one request: targets, retries, fallback."""
+
+    def __init__(
+        self,
+        state: GatewayState,
+        snap: Snapshot,
+        ctx: RequestContext,
+        route: CompiledRoute | None,
+        action: CompiledAction,
+        requested: str,
+    ) -> None:
+        self.state = state
+        self.snap = snap
+        self.ctx = ctx
+        self.route = route
+        self.action = action
+        self.requested = requested
+        self.response_steps = tuple(s for t in action.transforms for s in t.response)
+
+    async def run(self, model: CompiledModel) -> Outcome:
+        failure: UpstreamFailure | None = None
+        seen: set[str] = set()
+        current: CompiledModel | None = model
+        while current is not None and current.name not in seen:
+            seen.add(current.name)
+            name = self.requested if current is model else current.name
+            for target in order_targets(
+                current, self.state.latency, self.state.rng, self.state.round_robin
+            ):
+                try:
+                    return await self._attempt_target(target, name)
+                except UpstreamFailure as exc:
+                    failure = exc
+            if failure is None or failure.failure not in current.fallback_on:
+                break
+            current = self._next_fallback(current, seen)
+        raise _final_error(failure)
+
+    def _next_fallback(self, model: CompiledModel, seen: set[str]) -> CompiledModel | None:
+        for name in model.fallback_models:
+            if name not in seen:
+                return self.snap.table.models.get(name)
+        return None
+
+    async def _attempt_target(self, target: CompiledTarget, requested: str) -> Outcome:
+        upstream = self.snap.upstreams[target.upstream.name]
+        policy = target.upstream.retry
+        breaker = (
+            self.state.breakers.get(target.state_id, target.upstream.breaker)
+            if target.upstream.breaker is not None
+            else None
+        )
+        model_name = target.model or requested
+        attempt = 0
+        while True:
+            attempt += 1
+            if breaker is not None and not breaker.allow():
+                raise UpstreamFailure("circuit_open", f"upstream '{upstream.upstream.name}' is "
+                                      "failing; its circuit breaker is open")
+            started = time.monotonic()
+            try:
+                outcome = await self._send(upstream, target, model_name)
+            except UpstreamFailure as exc:
+                if breaker is not None:
+                    breaker.record(None if exc.failure in _BREAKER_NEUTRAL else exc.failure)
+                if attempt >= policy.attempts or not should_retry(policy, exc.failure, exc.status):
+                    raise
+                delay = next_delay(policy, attempt, dict(exc.headers) if exc.status else None,
+                                   self.state.rng)
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+                continue
+            except BaseException:
+                if breaker is not None:
+                    breaker.release()
+                raise
+            if breaker is not None:
+                breaker.record_success()
+            self.state.latency.observe(target.state_id, time.monotonic() - started)
+            return outcome
+
+    async def _send(
+        self, upstream: PreparedUpstream, target: CompiledTarget, model_name: str
+    ) -> Outcome:
+        ctx = self.ctx
+        if upstream.mock is not None:
+            body = dict(ctx.body())
+            body.update(target.params)
+            reply = await upstream.mock.call(
+                ctx.api, body, model_name, stream=ctx.stream, include_usage=ctx.include_usage
+            )
+            return await self._finish(upstream, None, reply, model_name)
+        bridge = bridge_for(ctx.api, upstream.family)
+        if bridge is None:  # count_tokens on an upstream that cannot count: estimate
+            chars = count_request_chars(ctx.body())
+            body = _encode({"input_tokens": estimate_tokens(chars)})
+            return self._outcome(200, [("content-type", "application/json")], body, upstream,
+                                 model_name)
+        payload = self._payload(bridge, target, model_name)
+        headers = await self._headers(upstream, bridge)
+        reply = await self.state.pool.send(
+            target.upstream, bridge.path, headers, payload, stream=ctx.stream
+        )
+        if reply.status == 401 and upstream.upstream.oauth is not None:
+            self._token(upstream).invalidate()
+            headers = await self._headers(upstream, bridge)
+            reply = await self.state.pool.send(
+                target.upstream, bridge.path, headers, payload, stream=ctx.stream
+            )
+        return await self._finish(upstream, bridge, reply, model_name)
+
+    def _payload(self, bridge: Bridge, target: CompiledTarget, model_name: str) -> bytes:
+        ctx = self.ctx
+        untouched = (
+            not ctx.body_decoded and not target.params and model_name == ctx.model
+            and bridge.same_protocol
+        )
+        if untouched:
+            return ctx.raw
+        body = dict(ctx.body())
+        body["model"] = model_name
+        body.update(target.params)
+        if bridge.request is not None:
+            try:
+                body = bridge.request(body)
+            except TranslationError as exc:
+                raise GatewayError(400, exc.message, param=exc.param) from None
+            if ctx.stream and upstream_is_openai(bridge):
+                body["stream_options"] = {"include_usage": True}
+        return _encode(body)
+
+    async def _headers(self, upstream: PreparedUpstream, bridge: Bridge) -> list[tuple[str, str]]:
+        ctx = self.ctx
+        headers = protect_client_headers(ctx.headers.items())
+        route_policies = (
+            self.snap.route_policies[self.route.index] if self.route is not None else ()
+        )
+        if route_policies or upstream.policies:
+            headers = apply_header_policies(route_policies, headers, "request")
+            headers = apply_header_policies(upstream.policies, headers, "request")
+        else:
+            headers = apply_header_rules(self.snap.default_rules, headers)
+        if upstream.family == "anthropic":
+            if not any(name == "anthropic-version" for name, _ in headers):
+                headers.append(("anthropic-version", ANTHROPIC_VERSION))
+        else:
+            headers = [(n, v) for n, v in headers if not n.startswith("anthropic-")]
+        request_id_header = self.snap.table.observability.request_id_header
+        headers = [(n, v) for n, v in headers if n not in _SET_BY_GATEWAY]
+        headers.append(("content-type", "application/json"))
+        headers.append(("accept-encoding", "identity"))
+        headers.append((request_id_header, ctx.request_id))
+        if upstream.upstream.oauth is not None:
+            try:
+                token = await self._token(upstream).token()
+            except OAuthError as exc:
+                raise UpstreamFailure("connect", f"upstream '{upstream.upstream.name}': "
+                                      f"{exc}") from None
+            headers = [(n, v) for n, v in headers if n != "authorization"]
+            headers.append(("authorization", f"Bearer {token}"))
+        elif upstream.auth_headers:
+            names = {name for name, _ in upstream.auth_headers}
+            headers = [(n, v) for n, v in headers if n not in names]
+            headers.extend(upstream.auth_headers)
+        return headers
+
+    def _token(self, upstream: PreparedUpstream) -> TokenSource:
+        key = upstream.upstream.state_id
+        source = self.state.tokens.get(key)
+        if source is None:
+            oauth = upstream.upstream.oauth
+            assert oauth is not None and upstream.oauth_credentials is not None  # noqa: S101
+            _, client = self.state.pool.client_for(upstream.upstream)
+            source = self.state.tokens[key] = TokenSource(
+                oauth.token_url, upstream.oauth_credentials, oauth.scope, client,
+                refresh_margin_s=oauth.refresh_margin_s,
+            )
+        return source
+
+    async def _finish(
+        self, upstream: PreparedUpstream, bridge: Bridge | None, reply: Reply, model_name: str
+    ) -> Outcome:
+        ctx = self.ctx
+        if reply.status >= 300:
+            await reply.aclose()
+            return self._upstream_error(upstream, bridge, reply)
+        if reply.chunks is not None:
+            return await self._stream(upstream, bridge, reply, model_name)
+        body = reply.body
+        try:
+            if bridge is None or (bridge.response is None and not self.response_steps):
+                _validate_json(body)
+            else:
+                data = _decode(body)
+                if bridge.response is not None:
+                    data = bridge.response(data)
+                if self.response_steps:
+                    apply_response_steps(self.response_steps, data, ctx.api)
+                body = _encode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError, TypeError, ValueError):
+            raise UpstreamFailure(
+                "bad_response", f"upstream '{upstream.upstream.name}' sent malformed JSON"
+            ) from None
+        headers = self._response_headers(upstream, reply.headers)
+        headers.append(("content-type", "application/json"))
+        return self._outcome(200, headers, body, upstream, model_name)
+
+    def _upstream_error(
+        self, upstream: PreparedUpstream, bridge: Bridge | None, reply: Reply
+    ) -> Outcome:
+        failure = classify_status(reply.status) or "bad_response"
+        name = upstream.upstream.name
+        if reply.status in (401, 403):
+            raise GatewayError(
+                502, f"upstream '{name}' rejected Interlock's credentials (HTTP {reply.status})",
+                code="upstream_auth_failed", headers=(("x-should-retry", "false"),),
+            )
+        if failure != "client_error":
+            raise UpstreamFailure(
+                failure, f"upstream '{name}' answered HTTP {reply.status}",
+                status=reply.status, headers=reply.headers, body=reply.body,
+            )
+        bridge = bridge or bridge_for(self.ctx.api, "openai") or None
+        assert bridge is not None  # noqa: S101
+        body = bridge.error_body(self.ctx.api, reply.status, reply.body)
+        headers = [("content-type", "application/json")]
+        return self._outcome(reply.status, headers, body, upstream, None)
+
+    async def _stream(
+        self, upstream: PreparedUpstream, bridge: Bridge | None, reply: Reply, model_name: str
+    ) -> Outcome:
+        assert reply.chunks is not None  # noqa: S101
+        chunks = reply.chunks
+        try:
+            first = await chunks.__anext__()  # NOTE: fail over while nothing went to the client
+        except StopAsyncIteration:
+            first = b""
+        except BaseException:
+            await reply.aclose()
+            raise
+        ctx = self.ctx
+        relay: Relay | None
+        if bridge is not None:
+            relay = bridge.relay(model=model_name, include_usage=ctx.include_usage,
+                                 steps=self.response_steps, api=ctx.api)
+        else:  # the mock answers in the client's protocol already
+            terminator = b"message_stop" if ctx.api.startswith("anthropic.") else b"[DONE]"
+            relay = EventRelay(ctx.api, "sse", None, self.response_steps, terminator)
+        headers = self._response_headers(upstream, reply.headers)
+        headers += [("content-type", "text/event-stream; charset=utf-8"),
+                    ("cache-control", "no-cache")]
+        outcome = self._outcome(200, headers, b"", upstream, model_name)
+        outcome.stream = _relay_stream(first, chunks, relay, reply.aclose, ctx.api)
+        return outcome
+
+    def _response_headers(
+        self, upstream: PreparedUpstream, upstream_headers: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        route_policies = (
+            self.snap.route_policies[self.route.index] if self.route is not None else ()
+        )
+        base = [(n.lower(), v) for n, v in upstream_headers if n.lower() not in _RESPONSE_DROP]
+        if route_policies or upstream.policies:
+            base = apply_header_policies(upstream.policies, base, "response")
+            return apply_header_policies(route_policies, base, "response")
+        return [(n, v) for n, v in base if n == "retry-after"
+                or n.startswith(_DEFAULT_RESPONSE_PREFIXES)]
+
+    def _outcome(
+        self,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        upstream: PreparedUpstream,
+        model_name: str | None,
+    ) -> Outcome:
+        return Outcome(
+            status, headers, body,
+            route=self.route.name if self.route is not None else None,
+            upstream=upstream.upstream.name,
+            model=model_name,
+        )
+
+
+_SET_BY_GATEWAY = frozenset({"content-type", "accept-encoding", "content-length"})
+
+
+def upstream_is_openai(bridge: Bridge) -> bool:
+    return bridge.path.endswith("/chat/completions")
+
+
+async def _relay_stream(
+    first: bytes,
+    chunks: AsyncIterator[bytes],
+    relay: Relay | None,
+    aclose: Callable[[], Awaitable[None]],
+    api: str,
+) -> AsyncIterator[bytes]:
+    """Client stream bytes; a failure after the first byte becomes an in-stream error event."""
+    try:
+        out = relay.feed(first) if relay is not None else first
+        if out:
+            yield out
+        async for chunk in chunks:
+            out = relay.feed(chunk) if relay is not None else chunk
+            if out:
+                yield out
+        if relay is not None:
+            tail = relay.finish()
+            if tail:
+                yield tail
+    except UpstreamFailure as exc:
+        prefix = b"" if getattr(relay, "at_boundary", True) else b"\n\n"
+        error = GatewayError(502, exc.message, failure=exc.failure)
+        yield prefix + stream_error_event(api, error)
+    finally:
+        await aclose()
+
+
+def _final_error(failure: UpstreamFailure | None) -> GatewayError:
+    no_retry = (("x-should-retry", "false"),)
+    if failure is None:
+        return GatewayError(503, "no upstream target is configured for this model",
+                            code="no_target", headers=no_retry)
+    kind = failure.failure
+    if kind == "circuit_open":
+        return GatewayError(503, f"no healthy upstream: {failure.message}",
+                            code="no_healthy_upstream", headers=no_retry, failure=kind)
+    if kind == "timeout":
+        return GatewayError(504, failure.message, code="upstream_timeout", headers=no_retry,
+                            failure=kind)
+    if kind == "client_error":
+        return GatewayError(failure.status or 400, failure.message, failure=kind)
+    if kind == "rate_limited":
+        retry_after = [(n, v) for n, v in failure.headers if n.lower() == "retry-after"]
+        return GatewayError(429, failure.message, code="upstream_rate_limited",
+                            headers=retry_after, failure=kind)
+    return GatewayError(502, failure.message, code="upstream_error", headers=no_retry,
+                        failure=kind)

@@ -1,0 +1,133 @@
+"""A route table made ready to serve: secrets resolved, header policies resolved, mock providers
+and key ring built. Built off the hot path when a table is loaded; requests only read it.
+
+    snapshot = prepare_snapshot(table)         # raises SnapshotError (e.g. a missing secret)
+    snapshot.upstreams["openai"].auth_headers  -> (("authorization", "Bearer …"),)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import MappingProxyType
+
+from compiler.headers import (
+    HeaderPolicy,
+    HeaderRules,
+    default_request_rules,
+    resolve_header_secrets,
+)
+from compiler.table import CompiledUpstream, RouteTable, SecretRef
+from runtime.auth import KeyRing
+from runtime.mock import MockProvider
+
+FAMILIES = {
+    "openai": "openai",
+    "openai-compatible": "openai",
+    "gigachat": "openai",
+    "anthropic": "anthropic",
+    "ollama": "ollama",
+    "mock": "mock",
+}
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+class SnapshotError(Exception):
+    """A table that compiled but cannot be served here (a secret is missing, a file unreadable)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedUpstream:
+    upstream: CompiledUpstream
+    family: str  # openai | anthropic | ollama | mock
+    auth_headers: tuple[tuple[str, str], ...]
+    policies: tuple[HeaderPolicy, ...]  # secrets resolved
+    mock: MockProvider | None = None
+    oauth_credentials: str | None = None  # gigachat: base64 client credentials
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    table: RouteTable
+    upstreams: Mapping[str, PreparedUpstream]
+    route_policies: tuple[tuple[HeaderPolicy, ...], ...]  # by route index, secrets resolved
+    default_rules: HeaderRules
+    keyring: KeyRing | None
+
+    @property
+    def version(self) -> str:
+        return self.table.short_version
+
+
+def resolve_secret(ref: SecretRef, what: str) -> str:
+    if ref.literal is not None:
+        return ref.literal
+    if ref.env is not None:
+        value = os.environ.get(ref.env)
+        if not value:
+            raise SnapshotError(f"{what}: environment variable {ref.env} is not set")
+        return value
+    if ref.file is not None:
+        try:
+            return Path(ref.file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SnapshotError(f"{what}: cannot read secret file {ref.file}: {exc}") from None
+    raise SnapshotError(f"{what}: empty secret reference")
+
+
+def _resolve_policy(policy: HeaderPolicy) -> HeaderPolicy:
+    def resolve(ref: SecretRef) -> str:
+        return resolve_secret(ref, f"header policy '{policy.name}'")
+
+    return replace(
+        policy,
+        request=resolve_header_secrets(policy.request, resolve) if policy.request else None,
+        response=resolve_header_secrets(policy.response, resolve) if policy.response else None,
+    )
+
+
+def _auth_headers(upstream: CompiledUpstream) -> tuple[tuple[str, str], ...]:
+    if upstream.api_key is None:
+        return ()
+    key = resolve_secret(upstream.api_key, f"upstream '{upstream.name}' api_key")
+    if upstream.kind == "anthropic":
+        return (("x-api-key", key),)
+    return (("authorization", f"Bearer {key}"),)
+
+
+def _oauth_credentials(upstream: CompiledUpstream) -> str | None:
+    oauth = upstream.oauth
+    if oauth is None:
+        return None
+    what = f"upstream '{upstream.name}' oauth"
+    if oauth.credentials is not None:
+        return resolve_secret(oauth.credentials, what)
+    import base64
+
+    secret = resolve_secret(oauth.client_secret, what) if oauth.client_secret else ""
+    return base64.b64encode(f"{oauth.client_id}:{secret}".encode()).decode()
+
+
+def prepare_snapshot(table: RouteTable) -> Snapshot:
+    policies = {name: _resolve_policy(p) for name, p in table.header_policies.items()}
+    upstreams = {}
+    for name, upstream in table.upstreams.items():
+        upstreams[name] = PreparedUpstream(
+            upstream=upstream,
+            family=FAMILIES[upstream.kind],
+            auth_headers=_auth_headers(upstream),
+            policies=tuple(policies[p.name] for p in upstream.header_policies),
+            mock=MockProvider(upstream.mock) if upstream.mock is not None else None,
+            oauth_credentials=_oauth_credentials(upstream),
+        )
+    return Snapshot(
+        table=table,
+        upstreams=MappingProxyType(upstreams),
+        route_policies=tuple(
+            tuple(policies[p.name] for p in route.action.header_policies) for route in table.routes
+        ),
+        default_rules=default_request_rules(table.observability.request_id_header),
+        keyring=KeyRing(table.auth) if table.auth.keys or table.auth.required else None,
+    )

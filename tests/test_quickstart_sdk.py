@@ -1,0 +1,55 @@
+"""The README's promise: the official SDKs work unchanged against `examples/quickstart.yaml`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+
+from tests.served import ServedGateway
+
+QUICKSTART = (Path(__file__).parent.parent / "examples" / "quickstart.yaml").read_text()
+
+
+@pytest.fixture
+def gw(served: Callable[[str], ServedGateway]) -> ServedGateway:
+    return served(QUICKSTART)
+
+
+def test_openai_chat_and_stream(gw: ServedGateway) -> None:
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+    reply = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}]
+    )
+    assert reply.choices[0].message.content == "Echo: hello"
+    assert reply.usage is not None and reply.usage.total_tokens > 0
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "stream me"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Echo: stream me"
+    assert chunks[-1].usage is not None and not chunks[-1].choices
+    client.close()
+
+
+def test_anthropic_messages_and_stream(gw: ServedGateway) -> None:
+    client = anthropic.Anthropic(base_url=gw.url, api_key="unused", max_retries=0)
+    message = client.messages.create(
+        model="claude-haiku", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert message.content[0].type == "text" and message.content[0].text == "Echo: hi"
+    with client.messages.stream(
+        model="claude-haiku", max_tokens=50, messages=[{"role": "user", "content": "yo"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "Echo: yo"
+    assert final.stop_reason == "end_turn"
+    client.close()
