@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from runtime.accesslog import AccessLog
 from runtime.errors import GatewayError, error_body, is_anthropic
+from runtime.metrics import Metrics
 from runtime.pipeline import GatewayState, Outcome, run_pipeline
 from runtime.request import RequestContext
 from runtime.snapshot import Snapshot
@@ -50,6 +51,8 @@ class Gateway:
         self.state.pool.prepare(list(snapshot.table.upstreams.values()))
         self.snapshot = snapshot
         self.access_log = AccessLog()
+        self.metrics = Metrics()
+        self.metrics.set_version(snapshot.table.version)
         self.started = time.time()
         self.in_flight = 0
 
@@ -57,6 +60,7 @@ class Gateway:
         """Publish `snapshot`: prepare pools first, then one reference assignment."""
         self.state.pool.prepare(list(snapshot.table.upstreams.values()))
         self.snapshot = snapshot
+        self.metrics.set_version(snapshot.table.version)
         live_targets = {t.state_id for m in snapshot.table.models.values() for t in m.targets}
         self.state.breakers.prune(live_targets)
         self.state.latency.prune(live_targets)
@@ -107,6 +111,7 @@ class ApiEndpoint:
         finally:
             gateway.in_flight -= 1
             gateway.access_log.record(snap, self.api, request_id, status, outcome, started)
+            gateway.metrics.observe(self.api, status, time.perf_counter() - started)
 
 
 def _request_id(headers: dict[str, str], snap: Snapshot) -> str:
@@ -314,7 +319,7 @@ def _preflight(gateway: Gateway) -> Callable[[Request], Awaitable[Response]]:
     return options
 
 
-def create_app(gateway: Gateway) -> Starlette:
+def create_app(gateway: Gateway, extra_routes: list[Route] | None = None) -> Starlette:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -329,5 +334,6 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/v1/models", _models_endpoint(gateway), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        *(extra_routes or []),
     ]
     return Starlette(routes=routes)

@@ -1,15 +1,21 @@
 """`interlock serve`: compile the config, then run the gateway on Hypercorn until a signal.
 
-One function owns the server's life (`serve_async`): compile (exit 1 with diagnostics if the
-config is broken), prepare the snapshot, bind, print where it listens and which version it
-serves, then wait for SIGTERM/SIGINT and drain in-flight requests for up to the configured grace
-period before closing upstream clients and flushing the access log.
+`serve_async` owns one worker's life: compile (exit 1 with the diagnostics if the config is
+broken or cannot be served), bind, say where it listens and which version it serves, watch the
+config and reload on change or SIGHUP, and on SIGTERM/SIGINT stop accepting, let in-flight
+requests and streams finish for up to `server.drain_timeout_s`, close upstream clients, flush the
+access log and return 0. With ``--workers N`` a supervisor starts N such workers on the same
+address (SO_REUSEPORT) and forwards SIGHUP/SIGTERM/SIGINT to them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import multiprocessing
+import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -18,7 +24,9 @@ from hypercorn.config import Config as HypercornConfig
 
 from compiler import CompileResult, compile_config
 from compiler.diagnostics import render_text
+from runtime.admin import admin_routes, count_reload
 from runtime.app import Gateway, create_app
+from runtime.reload import Reloader
 from runtime.snapshot import SnapshotError, prepare_snapshot
 
 
@@ -27,9 +35,23 @@ def report(result: CompileResult) -> None:
         sys.stderr.write(render_text(diagnostic, dict(result.sources)) + "\n")
 
 
-def hypercorn_config(binds: Sequence[str], drain_timeout_s: float) -> HypercornConfig:
+def listen_socket(bind: str) -> socket.socket:
+    """A listening TCP socket for ``host:port`` / ``[v6]:port`` that other workers may share."""
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, int(port)))
+    sock.listen(2048)
+    return sock
+
+
+def hypercorn_config(sockets: Sequence[socket.socket], drain_timeout_s: float) -> HypercornConfig:
     config = HypercornConfig()
-    config.bind = list(binds)
+    config.bind = [f"fd://{sock.detach()}" for sock in sockets]  # NOTE: Hypercorn owns them now
     config.graceful_timeout = drain_timeout_s
     config.accesslog = None
     config.errorlog = "-"
@@ -41,17 +63,20 @@ def hypercorn_config(binds: Sequence[str], drain_timeout_s: float) -> HypercornC
 
 def serve(config_path: str, *, binds: Sequence[str] | None, workers: int, watch: bool) -> int:
     """Run until stopped; 0 after a clean shutdown, 1 if the config cannot be served."""
-    if workers != 1:
-        sys.stderr.write("interlock: --workers > 1 is not supported yet\n")
-        return 2
+    if workers > 1:
+        return supervise(config_path, binds=binds, workers=workers, watch=watch)
+    return run_worker(config_path, binds, watch)
+
+
+def run_worker(config_path: str, binds: Sequence[str] | None, watch: bool) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
-        return asyncio.run(serve_async(config_path, binds=binds))
-    return uvloop.run(serve_async(config_path, binds=binds))
+        return asyncio.run(serve_async(config_path, binds=binds, watch=watch))
+    return uvloop.run(serve_async(config_path, binds=binds, watch=watch))
 
 
-async def serve_async(config_path: str, *, binds: Sequence[str] | None) -> int:
+async def serve_async(config_path: str, *, binds: Sequence[str] | None, watch: bool = True) -> int:
     result = compile_config(config_path)
     report(result)
     if result.table is None:
@@ -64,20 +89,72 @@ async def serve_async(config_path: str, *, binds: Sequence[str] | None) -> int:
         return 1
     table = result.table
     gateway = Gateway(snapshot)
+    reloader = Reloader(gateway, config_path, loaded=result, on_result=count_reload(gateway))
     listen = list(binds or table.server.listen)
-    config = hypercorn_config(listen, table.server.drain_timeout_s)
+    try:
+        sockets = [listen_socket(bind) for bind in listen]
+    except OSError as exc:
+        sys.stderr.write(f"interlock: cannot listen on {', '.join(listen)}: {exc}\n")
+        return 1
+    config = hypercorn_config(sockets, table.server.drain_timeout_s)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(
+        signal.SIGHUP, lambda: loop.create_task(reloader.reload("sighup"))
+    )
+    watcher = loop.create_task(reloader.watch(stop)) if watch else None
     sys.stderr.write(
         f"interlock: serving {config_path} (version {table.short_version}) on "
         + ", ".join(f"http://{b}" for b in listen)
+        + ("" if watch else " (not watching for changes)")
         + "\n"
     )
+    app = create_app(gateway, admin_routes(gateway, reloader))
     try:
-        await hypercorn_serve(create_app(gateway), config, shutdown_trigger=stop.wait)
+        await hypercorn_serve(app, config, shutdown_trigger=stop.wait)
     finally:
+        stop.set()
+        if watcher is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         await gateway.state.pool.aclose()
         gateway.access_log.flush()
+    sys.stderr.write("interlock: stopped\n")
     return 0
+
+
+def supervise(config_path: str, *, binds: Sequence[str] | None, workers: int, watch: bool) -> int:
+    """Start `workers` worker processes; forward signals; exit with the worst exit code."""
+    result = compile_config(config_path)
+    if result.table is None:
+        report(result)
+        sys.stderr.write(f"interlock: {config_path} is invalid; not starting\n")
+        return 1
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_worker_entry, args=(config_path, binds, watch), daemon=False)
+        for _ in range(workers)
+    ]
+    for process in processes:
+        process.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        signum = signal.SIGTERM if signum == signal.SIGINT else signum
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    codes = []
+    for process in processes:
+        process.join()
+        codes.append(process.exitcode or 0)
+    return max(codes, default=0)
+
+
+def _worker_entry(config_path: str, binds: Sequence[str] | None, watch: bool) -> None:
+    raise SystemExit(run_worker(config_path, binds, watch))

@@ -1,0 +1,95 @@
+"""Admin endpoints (enabled by `admin.enabled`, guarded by the admin key's hash) and metrics.
+
+    POST /admin/reload   reload now; the result (ok / rejected with diagnostics, changes)
+    GET  /admin/config   live version, when it was loaded, source files, reload counters and
+                         the last reload result with its diagnostics
+    GET  /metrics        Prometheus text format (when `observability.metrics.enabled`)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from runtime.app import Gateway
+from runtime.auth import presented_key, verify_hash
+from runtime.errors import GatewayError, error_body
+from runtime.reload import Reloader, ReloadResult
+
+_encode = msgspec.json.Encoder().encode
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _json(data: object, status: int = 200) -> Response:
+    return Response(_encode(data), status, media_type="application/json")
+
+
+def _guarded(gateway: Gateway, handler: Handler) -> Handler:
+    async def endpoint(request: Request) -> Response:
+        admin = gateway.snapshot.table.admin
+        try:
+            if not admin.enabled or admin.key_hash is None:
+                raise GatewayError(404, "the admin API is not enabled", code="not_found")
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            key = presented_key(headers, ("bearer", "x-api-key"))
+            if key is None or not verify_hash(key, admin.key_hash):
+                raise GatewayError(401, "a valid admin key is required", code="invalid_api_key")
+        except GatewayError as exc:
+            return Response(error_body("openai.chat", exc), exc.status,
+                            media_type="application/json")
+        return await handler(request)
+
+    return endpoint
+
+
+def admin_routes(gateway: Gateway, reloader: Reloader) -> list[Route]:
+    async def reload(request: Request) -> Response:
+        result = await reloader.reload("admin")
+        return _json(result.as_dict(), 200 if result.ok else 422)
+
+    async def config(request: Request) -> Response:
+        table = gateway.snapshot.table
+        return _json(
+            {
+                "version": table.version,
+                "short_version": table.short_version,
+                "loaded_at": reloader.loaded_at,
+                "sources": reloader.sources,
+                "reloads": {
+                    "attempts": reloader.attempts,
+                    "successes": reloader.successes,
+                    "rejections": reloader.rejections,
+                },
+                "last_reload": reloader.last.as_dict() if reloader.last else None,
+            }
+        )
+
+    async def metrics(request: Request) -> Response:
+        gateway.metrics.in_flight.set(gateway.in_flight)
+        if not gateway.snapshot.table.observability.metrics:
+            return Response(status_code=404)
+        return Response(gateway.metrics.render(),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    paths = {"/metrics", gateway.snapshot.table.observability.metrics_path}
+    return [
+        Route("/admin/reload", _guarded(gateway, reload), methods=["POST"]),
+        Route("/admin/config", _guarded(gateway, config), methods=["GET"]),
+        *(Route(path, metrics, methods=["GET"]) for path in sorted(paths)),
+    ]
+
+
+def count_reload(gateway: Gateway) -> Callable[[ReloadResult], None]:
+    """A `Reloader.on_result` hook that keeps the reload counters in the metrics."""
+
+    def hook(result: ReloadResult) -> None:
+        if result.skipped:
+            return
+        gateway.metrics.reload_attempts.inc()
+        (gateway.metrics.reload_success if result.ok else gateway.metrics.reload_rejected).inc()
+
+    return hook

@@ -1,0 +1,240 @@
+"""Hot reload: watch the config, compile off the event loop, swap atomically, keep the last good.
+
+Triggers: a file change in the config's directory (editors save by rename and Kubernetes swaps a
+``..data`` symlink, so the directory is watched, not the file), SIGHUP, and ``POST /admin/reload``.
+Every trigger re-reads the files and skips the reload when their bytes did not change. A config
+that fails to compile (or cannot be served, e.g. a missing secret) is rejected: the old table
+keeps serving and the diagnostics are logged and kept for ``GET /admin/config``::
+
+    reloader = Reloader(gateway, "config.yaml")
+    result = await reloader.reload("sighup")   # ReloadResult(ok=True, version="3f2a…", ...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compiler import CompileResult, compile_config
+from compiler.diagnostics import Diagnostic, render_text
+from compiler.dump import to_plain
+from compiler.loader import CONFIG_SUFFIXES
+from compiler.table import RouteTable
+from runtime.app import Gateway
+from runtime.snapshot import Snapshot, SnapshotError, prepare_snapshot
+
+log = logging.getLogger("interlock.reload")
+
+DEBOUNCE_STEP_MS = 50  # quiet time after the last change before reloading
+DEBOUNCE_MAX_MS = 500  # upper bound on grouping a burst of changes
+POLL_INTERVAL_S = 1.0  # safety net: changes made before the watch was armed, or on filesystems
+# without inotify (some network and container mounts), are found by comparing bytes
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    trigger: str
+    ok: bool
+    at: float
+    version: str | None = None  # the version now live
+    skipped: bool = False  # bytes unchanged: nothing to do
+    diagnostics: tuple[Diagnostic, ...] = ()
+    error: str | None = None
+    changes: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "trigger": self.trigger,
+            "ok": self.ok,
+            "skipped": self.skipped,
+            "at": self.at,
+            "version": self.version,
+            "error": self.error,
+            "changes": dict(self.changes),
+            "diagnostics": [d.as_dict() for d in self.diagnostics],
+        }
+
+
+def config_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix in CONFIG_SUFFIXES and p.is_file())
+    return [path]
+
+
+def source_digest(path: Path) -> str | None:
+    """sha256 over the config files' names and bytes; None when they cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        for file in config_files(path):
+            data = file.read_bytes()
+            digest.update(f"{file.name}\0{len(data)}\0".encode())
+            digest.update(data)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def diff_tables(old: RouteTable, new: RouteTable) -> dict[str, dict[str, list[str]]]:
+    """What a reload changes, by section: ``{"routes": {"added": [...], "removed": [...],
+    "changed": [...]}, ...}`` (sections without changes are left out)."""
+    sections: dict[str, tuple[Mapping[str, Any], Mapping[str, Any]]] = {
+        "routes": ({r.name: r for r in old.routes}, {r.name: r for r in new.routes}),
+        "models": (old.models, new.models),
+        "upstreams": (old.upstreams, new.upstreams),
+        "header_policies": (old.header_policies, new.header_policies),
+        "transforms": (old.transforms, new.transforms),
+    }
+    out: dict[str, dict[str, list[str]]] = {}
+    for section, (before, after) in sections.items():
+        added = sorted(set(after) - set(before))
+        removed = sorted(set(before) - set(after))
+        changed = sorted(
+            name for name in set(before) & set(after)
+            if to_plain(before[name]) != to_plain(after[name])
+        )
+        if section == "routes" and not (added or removed or changed):
+            if [r.name for r in old.routes] != [r.name for r in new.routes]:
+                changed = ["(order)"]
+        entry = {k: v for k, v in (("added", added), ("removed", removed),
+                                   ("changed", changed)) if v}
+        if entry:
+            out[section] = entry
+    return out
+
+
+class Reloader:
+    """Owns reloads for one gateway process; counts attempts, successes and rejections."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        config_path: str | Path,
+        *,
+        loaded: CompileResult | None = None,
+        on_result: Callable[[ReloadResult], None] | None = None,
+    ) -> None:
+        self.gateway = gateway
+        self.path = Path(config_path)
+        self.sources = [str(p) for p in config_files(self.path)]
+        self.digest = source_digest(self.path)
+        self.loaded_at = time.time()
+        self.attempts = 0
+        self.successes = 0
+        self.rejections = 0
+        self.last: ReloadResult | None = None
+        self.on_result = on_result
+        self._lock = asyncio.Lock()
+        if loaded is not None:
+            self.sources = list(loaded.sources) or self.sources
+
+    async def reload(self, trigger: str) -> ReloadResult:
+        """Re-read the config; swap in the new table if it changed and compiles."""
+        async with self._lock:  # NOTE: one reload at a time; a burst collapses into the next
+            digest = source_digest(self.path)
+            if digest is not None and digest == self.digest:
+                return self._finish(ReloadResult(trigger, True, time.time(),
+                                                 version=self.gateway.snapshot.table.version,
+                                                 skipped=True), count=False)
+            self.attempts += 1
+            result, snapshot, error = await asyncio.to_thread(self._build)
+            if snapshot is None or result.table is None:
+                self.rejections += 1
+                self.digest = digest  # do not retry the same broken bytes until they change
+                return self._finish(ReloadResult(
+                    trigger, False, time.time(), version=self.gateway.snapshot.table.version,
+                    diagnostics=result.diagnostics, error=error,
+                ))
+            old = self.gateway.snapshot.table
+            changes = diff_tables(old, result.table)
+            self.gateway.swap(snapshot)
+            self.digest = digest
+            self.successes += 1
+            self.loaded_at = time.time()
+            self.sources = list(result.sources)
+            return self._finish(ReloadResult(
+                trigger, True, self.loaded_at, version=result.table.version,
+                diagnostics=result.diagnostics, changes=changes,
+            ))
+
+    def _build(self) -> tuple[CompileResult, Snapshot | None, str | None]:
+        """Compile and prepare; runs in a worker thread, never on the event loop."""
+        result = compile_config(self.path)
+        if result.table is None:
+            return result, None, None
+        try:
+            return result, prepare_snapshot(result.table), None
+        except SnapshotError as exc:
+            return result, None, str(exc)
+
+    def _finish(self, result: ReloadResult, *, count: bool = True) -> ReloadResult:
+        if count or self.last is None:
+            self.last = result
+        _log_result(result, self.gateway.snapshot.table)
+        if self.on_result is not None:
+            self.on_result(result)
+        return result
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Reload on every settled change in the config's directory until `stop` is set."""
+        import watchfiles
+
+        poller = asyncio.get_running_loop().create_task(self._poll(stop))
+        directory = self.path if self.path.is_dir() else self.path.parent
+        try:
+            async for _changes in watchfiles.awatch(
+                directory, stop_event=stop, debounce=DEBOUNCE_MAX_MS, step=DEBOUNCE_STEP_MS,
+                recursive=False, ignore_permission_denied=True,
+            ):
+                await self._safe_reload("watch")
+        finally:
+            poller.cancel()
+
+    async def _poll(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), POLL_INTERVAL_S)
+            if not stop.is_set() and source_digest(self.path) != self.digest:
+                await self._safe_reload("poll")
+
+    async def _safe_reload(self, trigger: str) -> None:
+        try:
+            await self.reload(trigger)
+        except Exception:  # NOTE: a reload bug must never stop watching
+            log.exception("reload failed")
+
+
+def _log_result(result: ReloadResult, table: RouteTable) -> None:
+    if result.skipped:
+        return
+    if result.ok:
+        sys.stderr.write(
+            f"interlock: reload ({result.trigger}) ok: version {table.short_version}"
+            f" changes {_describe(result.changes)}\n"
+        )
+        return
+    sys.stderr.write(
+        f"interlock: reload ({result.trigger}) REJECTED; still serving version"
+        f" {table.short_version}\n"
+    )
+    if result.error:
+        sys.stderr.write(f"  {result.error}\n")
+    for diagnostic in result.diagnostics:
+        sys.stderr.write(render_text(diagnostic) + "\n")
+
+
+def _describe(changes: Mapping[str, Any]) -> str:
+    if not changes:
+        return "(none: only comments, order-neutral or environment changes)"
+    parts = []
+    for section, kinds in changes.items():
+        for kind, names in kinds.items():
+            parts.append(f"{section} {kind}: {', '.join(names)}")
+    return "; ".join(parts)
