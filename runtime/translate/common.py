@@ -1,0 +1,168 @@
+"""Small helpers shared by the translators: data URLs, tool arguments, text of content, ids.
+
+All functions take and return plain JSON values. Example::
+
+    >>> parse_data_url("data:image/png;base64,iVBO")
+    ('image/png', 'iVBO')
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from runtime.translate import TranslationError
+
+__all__ = [
+    "chat_chunk",
+    "dump_arguments",
+    "new_id",
+    "now",
+    "parse_arguments",
+    "parse_data_url",
+    "single_prompt",
+    "text_of",
+    "usage_chunk",
+]
+
+
+def parse_data_url(url: str) -> tuple[str, str] | None:
+    """``data:<media>[;params][;base64],<data>`` -> (media type, base64 data), None if not one.
+
+    A percent-encoded (non-base64) payload is re-encoded as base64. Example:
+    ``parse_data_url("data:text/plain,hi")`` -> ``("text/plain", "aGk=")``.
+    """
+    if not url.startswith("data:"):
+        return None
+    head, sep, payload = url[5:].partition(",")
+    if not sep:
+        return None
+    params = head.split(";")
+    media_type = params[0].strip() or "text/plain"
+    if "base64" in (p.strip().lower() for p in params[1:]):
+        return media_type, payload
+    return media_type, base64.b64encode(unquote_to_bytes(payload)).decode("ascii")
+
+
+def parse_arguments(raw: object) -> dict[str, Any]:
+    """Tool-call arguments (a JSON string from OpenAI) -> the object Anthropic and Ollama expect.
+
+    NOTE: models sometimes emit truncated or non-object arguments that clients echo back in the
+    history; those become ``{}`` so the conversation can go on instead of failing upstream.
+    Example: ``parse_arguments('{"city": "Paris"}')`` -> ``{"city": "Paris"}``.
+    """
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    if not isinstance(raw, str) or not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def dump_arguments(value: object) -> str:
+    """Tool input object -> OpenAI's arguments string.
+
+    Example: ``dump_arguments({"a": 1})`` -> ``'{"a": 1}'``.
+    """
+    if isinstance(value, str):
+        return value
+    return json.dumps(value if value is not None else {}, ensure_ascii=False)
+
+
+def text_of(content: object) -> str:
+    """The concatenated text of a string or of a list of text parts/blocks; other parts ignored.
+
+    Example: ``text_of([{"type": "text", "text": "a"}, {"type": "image_url"}])`` -> ``"a"``.
+    """
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    texts: list[str] = []
+    for part in content:
+        if not isinstance(part, Mapping):
+            continue
+        kind = part.get("type", "text")
+        value = part.get("refusal") if kind == "refusal" else part.get("text")
+        if kind in ("text", "refusal") and isinstance(value, str):
+            texts.append(value)
+    return "".join(texts)
+
+
+def new_id(prefix: str) -> str:
+    """A fresh random id for a body that came without one: ``new_id("msg_")`` -> ``"msg_3f.."``."""
+    return prefix + uuid.uuid4().hex
+
+
+def now() -> int:
+    """Unix seconds, for the ``created`` field when the caller did not pass one."""
+    return int(time.time())
+
+
+def single_prompt(body: Mapping[str, Any]) -> str:
+    """The prompt of a legacy completions body, which must be one string (or a list of one).
+
+    Batches and token-id prompts have no counterpart upstream and raise `TranslationError`.
+    Example: ``single_prompt({"prompt": ["Hi"]})`` -> ``"Hi"``.
+    """
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        return prompt[0]
+    if isinstance(prompt, str):
+        return prompt
+    raise TranslationError("prompt must be a single string for this upstream", param="prompt")
+
+
+def chat_chunk(
+    chunk_id: str,
+    created: int,
+    model: str,
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+    *,
+    include_usage: bool = False,
+) -> dict[str, Any]:
+    """One OpenAI ``chat.completion.chunk`` with a single choice.
+
+    Example: ``chat_chunk("c1", 0, "m", {"content": "Hi"})`` -> ``{"id": "c1", "object":
+    "chat.completion.chunk", "created": 0, "model": "m", "choices": [{"index": 0, "delta":
+    {"content": "Hi"}, "logprobs": None, "finish_reason": None}]}``.
+    """
+    chunk: dict[str, Any] = {
+        "id": chunk_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+    }
+    if include_usage:
+        # NOTE: with include_usage, OpenAI sends "usage": null on every chunk but the last.
+        chunk["usage"] = None
+    return chunk
+
+
+def usage_chunk(
+    chunk_id: str,
+    created: int,
+    model: str,
+    usage: dict[str, Any],
+    *,
+    object: str = "chat.completion.chunk",
+) -> dict[str, Any]:
+    """The final ``include_usage`` chunk: empty ``choices`` and the whole request's usage."""
+    return {
+        "id": chunk_id,
+        "object": object,
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage,
+    }
