@@ -138,14 +138,15 @@ def _weighted(
 ) -> list[CompiledTarget]:
     # NOTE: Efraimidis-Spirakis: sorting by Exp(1) / weight is weighted sampling without
     # replacement in one pass. 1 - random() is in (0, 1], so the log is finite.
-    keyed: list[tuple[float, int, CompiledTarget]] = []
-    for index, target in enumerate(sorted(model.targets, key=_priority)):
-        draw = -math.log(1.0 - rng.random())
+    targets = model.targets
+    draw = rng.random
+    keyed: list[tuple[float, int, int]] = []
+    for index, target in enumerate(targets):
         weight = target.weight
-        key = draw / weight if weight > 0 else math.inf
-        keyed.append((key, index, target))
+        key = -math.log(1.0 - draw()) / weight if weight > 0 else math.inf
+        keyed.append((key, target.priority, index))
     keyed.sort()
-    return [target for _, _, target in keyed]
+    return [targets[index] for _, _, index in keyed]
 
 
 def _round_robin(
@@ -166,7 +167,9 @@ def _least_latency(
     return sorted(model.targets, key=key)
 
 
-_Strategy = Callable[[CompiledModel, LatencyBook, random.Random, RoundRobinBook], list[CompiledTarget]]
+_Strategy = Callable[
+    [CompiledModel, LatencyBook, random.Random, RoundRobinBook], list[CompiledTarget]
+]
 
 _STRATEGIES: Final[Mapping[str, _Strategy]] = MappingProxyType(
     {

@@ -1,4 +1,4 @@
-"""OAuth client-credentials tokens for GigaChat-style upstreams, cached and refreshed ahead of expiry.
+"""OAuth client-credentials tokens for GigaChat-style upstreams, cached, refreshed before expiry.
 
 One ``TokenSource`` per upstream (keyed by the upstream's ``state_id``, so it outlives a reload
 that keeps the upstream). ``token()`` returns the cached access token and refreshes it once it is
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import math
 import time
 import uuid
@@ -232,10 +233,8 @@ class TokenSource:
         secrets = [self._credentials]
         if self._cached is not None:
             secrets.append(self._cached.value)
-        try:
+        with contextlib.suppress(ValueError):
             secrets.extend(base64.b64decode(self._credentials).decode().split(":", 1))
-        except ValueError:
-            pass
         for secret in secrets:
             if secret:
                 text = text.replace(secret, "***")
@@ -244,14 +243,20 @@ class TokenSource:
 
 def _expiry(body: dict[str, Any], now: float) -> float | None:
     """Absolute expiry in epoch seconds from ``expires_at`` (epoch ms) or ``expires_in`` (s)."""
-    expires_at = body.get("expires_at")
-    if _is_number(expires_at):
-        return float(expires_at) / 1000.0
-    expires_in = body.get("expires_in")
-    if _is_number(expires_in):
-        return now + float(expires_in)
+    expires_at = _number(body.get("expires_at"))
+    if expires_at is not None:
+        return expires_at / 1000.0
+    expires_in = _number(body.get("expires_in"))
+    if expires_in is not None:
+        return now + expires_in
     return None
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None

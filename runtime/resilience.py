@@ -115,13 +115,13 @@ def classify_exception(exc: BaseException) -> str | None:
     None for anything that is not a transport failure (a bug, a cancellation): the caller should
     let it propagate rather than fail over. Example: ``httpx.ReadTimeout("")`` -> ``"timeout"``.
     """
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.ProxyError):
         return CONNECT
     if isinstance(exc, httpx.TimeoutException):
         return TIMEOUT
-    if isinstance(exc, httpx.TransportError | httpx.DecodingError | httpx.StreamError):
+    if isinstance(exc, httpx.TransportError | httpx.DecodingError):
         return BAD_RESPONSE
-    return None
+    return None  # NOTE: httpx.StreamError (consumed, closed) is a bug of ours, not the upstream's
 
 
 def should_retry(policy: RetryPolicy, failure: str, status: int | None) -> bool:
@@ -146,7 +146,7 @@ def backoff_delay(policy: RetryPolicy, retry_number: int, rng: random.Random) ->
 
     The cap is ``initial_ms * multiplier ** (retry_number - 1)`` bounded by ``max_ms``; with
     ``jitter: full`` the delay is uniform in ``[0, cap]``, otherwise exactly the cap.
-    Example: initial 200, multiplier 2, max 5000, no jitter: retries 1, 2, 3, 6 -> 0.2, 0.4, 0.8, 5.0.
+    Example: initial 200, multiplier 2, max 5000, no jitter: retries 1, 2, 6 -> 0.2, 0.4, 5.0.
     """
     cap = _backoff_cap_ms(policy, retry_number) / 1000.0
     if policy.jitter == "full":
@@ -269,7 +269,7 @@ class CircuitBreaker:
         b.record_success()                       # b.state == "closed"
     """
 
-    __slots__ = ("_clock", "_failures", "_opened_at", "_probe_since", "_probes", "_state", "policy")
+    __slots__ = ("_clock", "_failures", "_opened_at", "_probes", "_state", "policy")
 
     def __init__(self, policy: BreakerPolicy, clock: Clock = time.monotonic) -> None:
         self.policy = policy
@@ -277,8 +277,7 @@ class CircuitBreaker:
         self._state: BreakerState = "closed"
         self._failures = 0
         self._opened_at = 0.0
-        self._probes = 0
-        self._probe_since = 0.0
+        self._probes: list[float] = []  # admission times of the outstanding half-open probes
 
     @property
     def state(self) -> BreakerState:
@@ -298,13 +297,12 @@ class CircuitBreaker:
         self._refresh(now)
         if self._state != "half_open":
             return False
-        if self._probes >= self.policy.half_open_probes:
-            if now - self._probe_since < self.policy.cooldown_s:
-                return False
-            self._probes = 0  # every outstanding probe is presumed lost
-        if self._probes == 0:
-            self._probe_since = now
-        self._probes += 1
+        probes = self._probes
+        while probes and now - probes[0] >= self.policy.cooldown_s:
+            del probes[0]  # presumed lost
+        if len(probes) >= self.policy.half_open_probes:
+            return False
+        probes.append(now)
         return True
 
     def record_success(self) -> None:
@@ -328,11 +326,12 @@ class CircuitBreaker:
 
     def release(self) -> None:
         """Give back an admission without a verdict (the attempt was cancelled or inconclusive)."""
-        if self._state == "half_open" and self._probes > 0:
-            self._probes -= 1
+        if self._state == "half_open" and self._probes:
+            del self._probes[0]
 
     def record(self, failure: str | None) -> None:
-        """Report an attempt's outcome by failure class (None: success); see ``BREAKER_FAILURES``."""
+        """Report an attempt's outcome by failure class (None: success); ``BREAKER_FAILURES``
+        count as failures, any other class releases the admission without a verdict."""
         if failure is None:
             self.record_success()
         elif failure in BREAKER_FAILURES:
@@ -343,17 +342,17 @@ class CircuitBreaker:
     def _refresh(self, now: float) -> None:
         if self._state == "open" and now - self._opened_at >= self.policy.cooldown_s:
             self._state = "half_open"
-            self._probes = 0
+            self._probes.clear()
 
     def _open(self, now: float) -> None:
         self._state = "open"
         self._opened_at = now
-        self._probes = 0
+        self._probes.clear()
 
     def _close(self) -> None:
         self._state = "closed"
         self._failures = 0
-        self._probes = 0
+        self._probes.clear()
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.state}, failures={self._failures}, policy={self.policy})"
