@@ -18,12 +18,12 @@ import hashlib
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compiler import CompileResult, compile_config
+from compiler import CompileResult, compile_config, compile_texts
 from compiler.diagnostics import Diagnostic, render_text
 from compiler.dump import to_plain
 from compiler.loader import CONFIG_SUFFIXES
@@ -69,17 +69,29 @@ def config_files(path: Path) -> list[Path]:
     return [path]
 
 
-def source_digest(path: Path) -> str | None:
-    """sha256 over the config files' names and bytes; None when they cannot be read."""
-    digest = hashlib.sha256()
+def read_sources(path: Path) -> list[tuple[str, str]] | None:
+    """The config files' names and texts, read the way the compiler reads them; None when they
+    cannot be read (the compiler then says why)."""
     try:
-        for file in config_files(path):
-            data = file.read_bytes()
-            digest.update(f"{file.name}\0{len(data)}\0".encode())
-            digest.update(data)
-    except OSError:
+        return [(str(file), file.read_text(encoding="utf-8")) for file in config_files(path)]
+    except (OSError, UnicodeDecodeError):
         return None
+
+
+def texts_digest(texts: Iterable[tuple[str, str]]) -> str:
+    """sha256 over the config files' names and texts."""
+    digest = hashlib.sha256()
+    for name, text in texts:
+        data = text.encode()
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
     return digest.hexdigest()
+
+
+def source_digest(path: Path) -> str | None:
+    """`texts_digest` of the config as it is on disk now; None when it cannot be read."""
+    texts = read_sources(path)
+    return None if texts is None else texts_digest(texts)
 
 
 def diff_tables(old: RouteTable, new: RouteTable) -> dict[str, dict[str, list[str]]]:
@@ -97,14 +109,19 @@ def diff_tables(old: RouteTable, new: RouteTable) -> dict[str, dict[str, list[st
         added = sorted(set(after) - set(before))
         removed = sorted(set(before) - set(after))
         changed = sorted(
-            name for name in set(before) & set(after)
+            name
+            for name in set(before) & set(after)
             if to_plain(before[name]) != to_plain(after[name])
         )
-        if section == "routes" and not (added or removed or changed):
-            if [r.name for r in old.routes] != [r.name for r in new.routes]:
-                changed = ["(order)"]
-        entry = {k: v for k, v in (("added", added), ("removed", removed),
-                                   ("changed", changed)) if v}
+        if (
+            section == "routes"
+            and not (added or removed or changed)
+            and [r.name for r in old.routes] != [r.name for r in new.routes]
+        ):
+            changed = ["(order)"]
+        entry = {
+            k: v for k, v in (("added", added), ("removed", removed), ("changed", changed)) if v
+        }
         if entry:
             out[section] = entry
     return out
@@ -132,26 +149,45 @@ class Reloader:
         self.last: ReloadResult | None = None
         self.on_result = on_result
         self._lock = asyncio.Lock()
-        if loaded is not None:
-            self.sources = list(loaded.sources) or self.sources
+        if loaded is not None and loaded.sources:
+            # NOTE: the digest of the bytes that were compiled, not of a later read: a save that
+            # lands between the startup compile and here must still be loaded
+            self.sources = list(loaded.sources)
+            self.digest = texts_digest(loaded.sources.items())
 
     async def reload(self, trigger: str) -> ReloadResult:
         """Re-read the config; swap in the new table if it changed and compiles."""
         async with self._lock:  # NOTE: one reload at a time; a burst collapses into the next
             digest = source_digest(self.path)
             if digest is not None and digest == self.digest:
-                return self._finish(ReloadResult(trigger, True, time.time(),
-                                                 version=self.gateway.snapshot.table.version,
-                                                 skipped=True), count=False)
+                return self._finish(
+                    ReloadResult(
+                        trigger,
+                        True,
+                        time.time(),
+                        version=self.gateway.snapshot.table.version,
+                        skipped=True,
+                    ),
+                    count=False,
+                )
             self.attempts += 1
-            result, snapshot, error = await asyncio.to_thread(self._build)
+            # NOTE: the digest kept is that of the bytes compiled, which may be newer than the
+            # ones just hashed (a save in progress): keeping the older one reloads the same bytes
+            # twice, keeping a newer one would skip bytes that were never compiled
+            digest, result, snapshot, error = await asyncio.to_thread(self._build)
             if snapshot is None or result.table is None:
                 self.rejections += 1
                 self.digest = digest  # do not retry the same broken bytes until they change
-                return self._finish(ReloadResult(
-                    trigger, False, time.time(), version=self.gateway.snapshot.table.version,
-                    diagnostics=result.diagnostics, error=error,
-                ))
+                return self._finish(
+                    ReloadResult(
+                        trigger,
+                        False,
+                        time.time(),
+                        version=self.gateway.snapshot.table.version,
+                        diagnostics=result.diagnostics,
+                        error=error,
+                    )
+                )
             old = self.gateway.snapshot.table
             changes = diff_tables(old, result.table)
             self.gateway.swap(snapshot)
@@ -159,20 +195,32 @@ class Reloader:
             self.successes += 1
             self.loaded_at = time.time()
             self.sources = list(result.sources)
-            return self._finish(ReloadResult(
-                trigger, True, self.loaded_at, version=result.table.version,
-                diagnostics=result.diagnostics, changes=changes,
-            ))
+            return self._finish(
+                ReloadResult(
+                    trigger,
+                    True,
+                    self.loaded_at,
+                    version=result.table.version,
+                    diagnostics=result.diagnostics,
+                    changes=changes,
+                )
+            )
 
-    def _build(self) -> tuple[CompileResult, Snapshot | None, str | None]:
-        """Compile and prepare; runs in a worker thread, never on the event loop."""
-        result = compile_config(self.path)
+    def _build(self) -> tuple[str | None, CompileResult, Snapshot | None, str | None]:
+        """Read once, compile and prepare; runs in a worker thread, never on the event loop.
+        Returns the digest of the texts compiled (None when unreadable) with the result."""
+        texts = read_sources(self.path)
+        if texts:
+            digest: str | None = texts_digest(texts)
+            result = compile_texts(texts)
+        else:  # NOTE: unreadable or an empty directory: the compiler says so, located
+            digest, result = None, compile_config(self.path)
         if result.table is None:
-            return result, None, None
+            return digest, result, None, None
         try:
-            return result, prepare_snapshot(result.table), None
+            return digest, result, prepare_snapshot(result.table), None
         except SnapshotError as exc:
-            return result, None, str(exc)
+            return digest, result, None, str(exc)
 
     def _finish(self, result: ReloadResult, *, count: bool = True) -> ReloadResult:
         if count or self.last is None:
@@ -190,10 +238,14 @@ class Reloader:
         directory = self.path if self.path.is_dir() else self.path.parent
         try:
             async for _changes in watchfiles.awatch(
-                directory, stop_event=stop, debounce=DEBOUNCE_MAX_MS, step=DEBOUNCE_STEP_MS,
-                recursive=False, ignore_permission_denied=True,
+                directory,
+                stop_event=stop,
+                debounce=DEBOUNCE_MAX_MS,
+                step=DEBOUNCE_STEP_MS,
+                recursive=False,
+                ignore_permission_denied=True,
             ):
-                await self._safe_reload("watch")
+                await self.safe_reload("watch")
         finally:
             poller.cancel()
 
@@ -202,9 +254,10 @@ class Reloader:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLL_INTERVAL_S)
             if not stop.is_set() and source_digest(self.path) != self.digest:
-                await self._safe_reload("poll")
+                await self.safe_reload("poll")
 
-    async def _safe_reload(self, trigger: str) -> None:
+    async def safe_reload(self, trigger: str) -> None:
+        """`reload`, logging instead of raising: for triggers nobody awaits (signals, watch)."""
         try:
             await self.reload(trigger)
         except Exception:  # NOTE: a reload bug must never stop watching

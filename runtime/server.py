@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
@@ -28,6 +29,9 @@ from runtime.admin import admin_routes, count_reload
 from runtime.app import Gateway, create_app
 from runtime.reload import Reloader
 from runtime.snapshot import SnapshotError, prepare_snapshot
+
+if TYPE_CHECKING:
+    from hypercorn.typing import ASGIFramework
 
 
 def report(result: CompileResult) -> None:
@@ -63,6 +67,9 @@ def hypercorn_config(sockets: Sequence[socket.socket], drain_timeout_s: float) -
 
 def serve(config_path: str, *, binds: Sequence[str] | None, workers: int, watch: bool) -> int:
     """Run until stopped; 0 after a clean shutdown, 1 if the config cannot be served."""
+    # NOTE: SIGHUP's default action ends the process: ignore it until the event loop handles it
+    # (the compile at startup reads the latest config anyway); spawned workers inherit this
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if workers > 1:
         return supervise(config_path, binds=binds, workers=workers, watch=watch)
     return run_worker(config_path, binds, watch)
@@ -101,9 +108,14 @@ async def serve_async(config_path: str, *, binds: Sequence[str] | None, watch: b
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(
-        signal.SIGHUP, lambda: loop.create_task(reloader.reload("sighup"))
-    )
+    reloads: set[asyncio.Task[None]] = set()  # NOTE: the loop keeps only weak references
+
+    def on_sighup() -> None:
+        task = loop.create_task(reloader.safe_reload("sighup"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     watcher = loop.create_task(reloader.watch(stop)) if watch else None
     sys.stderr.write(
         f"interlock: serving {config_path} (version {table.short_version}) on "
@@ -113,7 +125,7 @@ async def serve_async(config_path: str, *, binds: Sequence[str] | None, watch: b
     )
     app = create_app(gateway, admin_routes(gateway, reloader))
     try:
-        await hypercorn_serve(app, config, shutdown_trigger=stop.wait)
+        await hypercorn_serve(cast("ASGIFramework", app), config, shutdown_trigger=stop.wait)
     finally:
         stop.set()
         if watcher is not None:
@@ -137,22 +149,35 @@ def supervise(config_path: str, *, binds: Sequence[str] | None, workers: int, wa
         context.Process(target=_worker_entry, args=(config_path, binds, watch), daemon=False)
         for _ in range(workers)
     ]
-    for process in processes:
-        process.start()
+    stopping = False
 
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
         signum = signal.SIGTERM if signum == signal.SIGINT else signum
+        stopping = stopping or signum == signal.SIGTERM
         for process in processes:
             if process.pid is not None and process.is_alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signum)
 
+    # NOTE: handlers first: a stop that arrives while workers start must reach all of them
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    codes = []
+    started = []
     for process in processes:
+        if stopping:
+            break
+        process.start()
+        started.append(process)
+    if stopping:  # NOTE: a worker whose start raced the signal may not have received it
+        forward(signal.SIGTERM, None)
+    codes = []
+    for process in started:
         process.join()
-        codes.append(process.exitcode or 0)
+        code = process.exitcode or 0
+        # NOTE: a worker killed by a signal failed, unless it was our stop arriving before its
+        # handler (exit codes are negative signal numbers then)
+        codes.append(code if code >= 0 else 0 if stopping and -code == signal.SIGTERM else 1)
     return max(codes, default=0)
 
 
