@@ -11,6 +11,8 @@ on it, and `swap` publishes a new one with a single assignment::
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from runtime.accesslog import AccessLog
 from runtime.errors import GatewayError, error_body, is_anthropic
@@ -29,7 +31,10 @@ from runtime.pipeline import GatewayState, Outcome, run_pipeline
 from runtime.request import RequestContext
 from runtime.snapshot import Snapshot
 
+_LOG = logging.getLogger("interlock")
 _MAX_HEADER_BYTES = 64 * 1024
+_DRAIN_BYTES = 1024 * 1024
+_DRAIN_S = 1.0
 API_PATHS = {
     "/v1/chat/completions": "openai.chat",
     "/v1/completions": "openai.completions",
@@ -74,7 +79,8 @@ class ApiEndpoint:
         self.gateway = gateway
         self.api = api
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, asgi_receive: Receive, send: Send) -> None:
+        receive = _Receiver(asgi_receive)
         gateway = self.gateway
         snap = gateway.snapshot  # NOTE: read once; this request finishes on this table
         started = time.perf_counter()
@@ -88,14 +94,31 @@ class ApiEndpoint:
                 headers = _headers(scope)
                 request_id = _request_id(headers, snap)
                 cors = _cors_headers(snap, headers)
+                if scope["method"] != "POST":
+                    raise GatewayError(
+                        405,
+                        f"{scope['method']} is not allowed here; use POST",
+                        headers=(("allow", "POST, OPTIONS"),),
+                    )
+                # SECURITY: authenticate before reading (and answering about) the body
+                api_key = snap.keyring.authenticate(headers) if snap.keyring is not None else None
                 raw = await _read_body(receive, headers, snap.table.server.max_body_bytes)
                 ctx = RequestContext.parse(self.api, raw, headers, request_id)
-                outcome = await _until_disconnect(
-                    run_pipeline(gateway.state, snap, ctx), receive
-                )
+                ctx.api_key = api_key
+                outcome = await _until_disconnect(run_pipeline(gateway.state, snap, ctx), receive)
             except GatewayError as exc:
                 status = exc.status
+                await _drain_body(receive)
                 await _send_error(send, self.api, exc, snap, request_id, cors)
+                return
+            except ClientGone:
+                raise
+            except Exception:  # NOTE: a bug of ours still answers in the caller's API shape
+                _LOG.exception("request %s failed", request_id)
+                status = 500
+                error = GatewayError(500, "internal error in Interlock", code="internal_error")
+                await _drain_body(receive)
+                await _send_error(send, self.api, error, snap, request_id, cors)
                 return
             status = outcome.status
             response_headers = outcome.headers + _identity(snap, outcome, request_id, self.api)
@@ -166,9 +189,7 @@ async def _start(send: Send, status: int, headers: list[tuple[str, str]]) -> Non
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [
-                (n.encode("latin-1"), v.encode("latin-1", "replace")) for n, v in headers
-            ],
+            "headers": [(n.encode("latin-1"), v.encode("latin-1", "replace")) for n, v in headers],
         }
     )
 
@@ -184,6 +205,33 @@ def _headers(scope: Scope) -> dict[str, str]:
     if size > _MAX_HEADER_BYTES:
         raise GatewayError(431, "request headers are too large")
     return out
+
+
+class _Receiver:
+    """`receive` that remembers whether the request body has been read to its end."""
+
+    __slots__ = ("_receive", "body_done")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.body_done = False
+
+    async def __call__(self) -> Message:
+        message = await self._receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.body_done = True
+        return message
+
+
+async def _drain_body(receive: _Receiver) -> None:
+    """Read and drop what is left of a body we answer without (up to `_DRAIN_BYTES`, for up to
+    `_DRAIN_S`). NOTE: closing a socket with unread data in it makes the kernel send a reset,
+    which discards our error response on its way to the client."""
+    left = _DRAIN_BYTES
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_DRAIN_S):
+            while not receive.body_done and left > 0:
+                left -= len((await receive()).get("body", b""))
 
 
 async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
@@ -234,7 +282,7 @@ async def _until_disconnect(work: Awaitable[Outcome], receive: Receive) -> Outco
 
 async def _pump(send: Send, receive: Receive, outcome: Outcome) -> None:
     """Stream the body; a client disconnect cancels the stream (closing the upstream)."""
-    assert outcome.stream is not None  # noqa: S101
+    assert outcome.stream is not None
     stream = outcome.stream
 
     async def write() -> None:
@@ -266,8 +314,13 @@ def _cors_headers(snap: Snapshot, headers: dict[str, str]) -> list[tuple[str, st
         return []
     if "*" not in cors.allow_origins and origin not in cors.allow_origins:
         return []
-    out = [("access-control-allow-origin", origin if cors.allow_credentials else
-            ("*" if "*" in cors.allow_origins else origin)), ("vary", "origin")]
+    out = [
+        (
+            "access-control-allow-origin",
+            origin if cors.allow_credentials else ("*" if "*" in cors.allow_origins else origin),
+        ),
+        ("vary", "origin"),
+    ]
     if cors.allow_credentials:
         out.append(("access-control-allow-credentials", "true"))
     return out
@@ -286,8 +339,10 @@ def _models_endpoint(gateway: Gateway) -> Callable[[Request], Awaitable[Response
         except GatewayError as exc:
             return Response(error_body(api, exc), exc.status, media_type="application/json")
         names = [
-            name for name in sorted({*snap.table.models, *snap.table.model_names})
-            if key is None or key.models_pattern is None
+            name
+            for name in sorted({*snap.table.models, *snap.table.model_names})
+            if key is None
+            or key.models_pattern is None
             or key.models_pattern.fullmatch(snap.table.model_names.get(name, name))
         ]
         if is_anthropic(api):
@@ -295,9 +350,14 @@ def _models_endpoint(gateway: Gateway) -> Callable[[Request], Awaitable[Response
                 {"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"}
                 for n in names
             ]
-            return JSONResponse({"data": data, "has_more": False,
-                                 "first_id": names[0] if names else None,
-                                 "last_id": names[-1] if names else None})
+            return JSONResponse(
+                {
+                    "data": data,
+                    "has_more": False,
+                    "first_id": names[0] if names else None,
+                    "last_id": names[-1] if names else None,
+                }
+            )
         data = [{"id": n, "object": "model", "created": 0, "owned_by": "interlock"} for n in names]
         return JSONResponse({"object": "list", "data": data})
 
@@ -327,9 +387,9 @@ def create_app(gateway: Gateway, extra_routes: list[Route] | None = None) -> Sta
         snap = gateway.snapshot
         return JSONResponse({"status": "ready", "version": snap.table.version})
 
-    routes = [Route(path, ApiEndpoint(gateway, api), methods=["POST"])
-              for path, api in API_PATHS.items()]
-    routes += [Route(path, _preflight(gateway), methods=["OPTIONS"]) for path in API_PATHS]
+    # NOTE: preflights first; every other method reaches the endpoint, which answers a shaped 405
+    routes = [Route(path, _preflight(gateway), methods=["OPTIONS"]) for path in API_PATHS]
+    routes += [Route(path, ApiEndpoint(gateway, api)) for path, api in API_PATHS.items()]
     routes += [
         Route("/v1/models", _models_endpoint(gateway), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

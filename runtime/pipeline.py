@@ -12,6 +12,7 @@ latencies, round-robin counters, OAuth tokens, connection pools) lives in `Gatew
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,8 +33,7 @@ from compiler.table import (
 from compiler.transforms import apply_request_steps, apply_response_steps
 from runtime.auth import check_model_allowed
 from runtime.balance import LatencyBook, RoundRobinBook, order_targets
-from runtime.bridge import Bridge, bridge_for
-from runtime.bridge import EventRelay, Relay
+from runtime.bridge import Bridge, EventRelay, Relay, bridge_for
 from runtime.errors import GatewayError, stream_error_event
 from runtime.oauth import OAuthError, TokenSource
 from runtime.request import RequestContext
@@ -43,12 +43,25 @@ from runtime.translate import TranslationError
 from runtime.translate.anthropic import count_request_chars, estimate_tokens
 from runtime.upstream import Reply, UpstreamFailure, UpstreamPool
 
+_LOG = logging.getLogger("interlock")
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.decode
+_decode_object = msgspec.json.Decoder(dict[str, Any]).decode  # a reply that is no object: malformed
 NO_ACTION = CompiledAction()
 _RESPONSE_DROP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
-     "date", "server", "set-cookie", "te", "trailer", "upgrade", "proxy-authenticate"}
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "content-encoding",
+        "date",
+        "server",
+        "set-cookie",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authenticate",
+    }
 )
 _DEFAULT_RESPONSE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 _BREAKER_NEUTRAL = frozenset({"client_error"})
@@ -86,7 +99,7 @@ class Outcome:
 
 async def run_pipeline(state: GatewayState, snap: Snapshot, ctx: RequestContext) -> Outcome:
     table = snap.table
-    if snap.keyring is not None:
+    if snap.keyring is not None and ctx.api_key is None:
         ctx.api_key = snap.keyring.authenticate(ctx.headers)
     route = match_route(table, ctx)
     action = route.action if route is not None else NO_ACTION
@@ -189,21 +202,28 @@ class _Call:
         )
         model_name = target.model or requested
         attempt = 0
+        last: UpstreamFailure | None = None
         while True:
             attempt += 1
             if breaker is not None and not breaker.allow():
-                raise UpstreamFailure("circuit_open", f"upstream '{upstream.upstream.name}' is "
-                                      "failing; its circuit breaker is open")
+                if last is not None:  # NOTE: this request's own failures opened it: report those
+                    raise last
+                raise UpstreamFailure(
+                    "circuit_open",
+                    f"upstream '{upstream.upstream.name}' is failing; its circuit breaker is open",
+                )
             started = time.monotonic()
             try:
                 outcome = await self._send(upstream, target, model_name)
             except UpstreamFailure as exc:
+                last = exc
                 if breaker is not None:
                     breaker.record(None if exc.failure in _BREAKER_NEUTRAL else exc.failure)
                 if attempt >= policy.attempts or not should_retry(policy, exc.failure, exc.status):
                     raise
-                delay = next_delay(policy, attempt, dict(exc.headers) if exc.status else None,
-                                   self.state.rng)
+                delay = next_delay(
+                    policy, attempt, dict(exc.headers) if exc.status else None, self.state.rng
+                )
                 if delay is None:
                     raise
                 await asyncio.sleep(delay)
@@ -231,9 +251,10 @@ class _Call:
         bridge = bridge_for(ctx.api, upstream.family)
         if bridge is None:  # count_tokens on an upstream that cannot count: estimate
             chars = count_request_chars(ctx.body())
-            body = _encode({"input_tokens": estimate_tokens(chars)})
-            return self._outcome(200, [("content-type", "application/json")], body, upstream,
-                                 model_name)
+            estimate = _encode({"input_tokens": estimate_tokens(chars)})
+            return self._outcome(
+                200, [("content-type", "application/json")], estimate, upstream, model_name
+            )
         payload = self._payload(bridge, target, model_name)
         headers = await self._headers(upstream, bridge)
         reply = await self.state.pool.send(
@@ -250,7 +271,9 @@ class _Call:
     def _payload(self, bridge: Bridge, target: CompiledTarget, model_name: str) -> bytes:
         ctx = self.ctx
         untouched = (
-            not ctx.body_decoded and not target.params and model_name == ctx.model
+            not ctx.body_decoded
+            and not target.params
+            and model_name == ctx.model
             and bridge.same_protocol
         )
         if untouched:
@@ -292,8 +315,9 @@ class _Call:
             try:
                 token = await self._token(upstream).token()
             except OAuthError as exc:
-                raise UpstreamFailure("connect", f"upstream '{upstream.upstream.name}': "
-                                      f"{exc}") from None
+                raise UpstreamFailure(
+                    "connect", f"upstream '{upstream.upstream.name}': {exc}"
+                ) from None
             headers = [(n, v) for n, v in headers if n != "authorization"]
             headers.append(("authorization", f"Bearer {token}"))
         elif upstream.auth_headers:
@@ -307,10 +331,13 @@ class _Call:
         source = self.state.tokens.get(key)
         if source is None:
             oauth = upstream.upstream.oauth
-            assert oauth is not None and upstream.oauth_credentials is not None  # noqa: S101
+            assert oauth is not None and upstream.oauth_credentials is not None
             _, client = self.state.pool.client_for(upstream.upstream)
             source = self.state.tokens[key] = TokenSource(
-                oauth.token_url, upstream.oauth_credentials, oauth.scope, client,
+                oauth.token_url,
+                upstream.oauth_credentials,
+                oauth.scope,
+                client,
                 refresh_margin_s=oauth.refresh_margin_s,
             )
         return source
@@ -329,7 +356,7 @@ class _Call:
             if bridge is None or (bridge.response is None and not self.response_steps):
                 _validate_json(body)
             else:
-                data = _decode(body)
+                data = _decode_object(body)
                 if bridge.response is not None:
                     data = bridge.response(data)
                 if self.response_steps:
@@ -350,16 +377,21 @@ class _Call:
         name = upstream.upstream.name
         if reply.status in (401, 403):
             raise GatewayError(
-                502, f"upstream '{name}' rejected Interlock's credentials (HTTP {reply.status})",
-                code="upstream_auth_failed", headers=(("x-should-retry", "false"),),
+                502,
+                f"upstream '{name}' rejected Interlock's credentials (HTTP {reply.status})",
+                code="upstream_auth_failed",
+                headers=(("x-should-retry", "false"),),
             )
         if failure != "client_error":
             raise UpstreamFailure(
-                failure, f"upstream '{name}' answered HTTP {reply.status}",
-                status=reply.status, headers=reply.headers, body=reply.body,
+                failure,
+                f"upstream '{name}' answered HTTP {reply.status}",
+                status=reply.status,
+                headers=reply.headers,
+                body=reply.body,
             )
         bridge = bridge or bridge_for(self.ctx.api, "openai") or None
-        assert bridge is not None  # noqa: S101
+        assert bridge is not None
         body = bridge.error_body(self.ctx.api, reply.status, reply.body)
         headers = [("content-type", "application/json")]
         return self._outcome(reply.status, headers, body, upstream, None)
@@ -367,7 +399,7 @@ class _Call:
     async def _stream(
         self, upstream: PreparedUpstream, bridge: Bridge | None, reply: Reply, model_name: str
     ) -> Outcome:
-        assert reply.chunks is not None  # noqa: S101
+        assert reply.chunks is not None
         chunks = reply.chunks
         try:
             first = await chunks.__anext__()  # NOTE: fail over while nothing went to the client
@@ -379,14 +411,20 @@ class _Call:
         ctx = self.ctx
         relay: Relay | None
         if bridge is not None:
-            relay = bridge.relay(model=model_name, include_usage=ctx.include_usage,
-                                 steps=self.response_steps, api=ctx.api)
+            relay = bridge.relay(
+                model=model_name,
+                include_usage=ctx.include_usage,
+                steps=self.response_steps,
+                api=ctx.api,
+            )
         else:  # the mock answers in the client's protocol already
             terminator = b"message_stop" if ctx.api.startswith("anthropic.") else b"[DONE]"
             relay = EventRelay(ctx.api, "sse", None, self.response_steps, terminator)
         headers = self._response_headers(upstream, reply.headers)
-        headers += [("content-type", "text/event-stream; charset=utf-8"),
-                    ("cache-control", "no-cache")]
+        headers += [
+            ("content-type", "text/event-stream; charset=utf-8"),
+            ("cache-control", "no-cache"),
+        ]
         outcome = self._outcome(200, headers, b"", upstream, model_name)
         outcome.stream = _relay_stream(first, chunks, relay, reply.aclose, ctx.api)
         return outcome
@@ -401,8 +439,11 @@ class _Call:
         if route_policies or upstream.policies:
             base = apply_header_policies(upstream.policies, base, "response")
             return apply_header_policies(route_policies, base, "response")
-        return [(n, v) for n, v in base if n == "retry-after"
-                or n.startswith(_DEFAULT_RESPONSE_PREFIXES)]
+        return [
+            (n, v)
+            for n, v in base
+            if n == "retry-after" or n.startswith(_DEFAULT_RESPONSE_PREFIXES)
+        ]
 
     def _outcome(
         self,
@@ -413,7 +454,9 @@ class _Call:
         model_name: str | None,
     ) -> Outcome:
         return Outcome(
-            status, headers, body,
+            status,
+            headers,
+            body,
             route=self.route.name if self.route is not None else None,
             upstream=upstream.upstream.name,
             model=model_name,
@@ -447,9 +490,20 @@ async def _relay_stream(
             tail = relay.finish()
             if tail:
                 yield tail
-    except UpstreamFailure as exc:
+    except Exception as exc:  # NOTE: anything after the first byte must reach the client
+        if isinstance(exc, UpstreamFailure):
+            error = _final_error(exc)
+        elif isinstance(exc, GatewayError):
+            error = exc
+        else:
+            _LOG.exception("stream relay failed")
+            error = GatewayError(
+                502,
+                "the upstream stream could not be relayed",
+                code="upstream_error",
+                failure="bad_response",
+            )
         prefix = b"" if getattr(relay, "at_boundary", True) else b"\n\n"
-        error = GatewayError(502, exc.message, failure=exc.failure)
         yield prefix + stream_error_event(api, error)
     finally:
         await aclose()
@@ -458,20 +512,30 @@ async def _relay_stream(
 def _final_error(failure: UpstreamFailure | None) -> GatewayError:
     no_retry = (("x-should-retry", "false"),)
     if failure is None:
-        return GatewayError(503, "no upstream target is configured for this model",
-                            code="no_target", headers=no_retry)
+        return GatewayError(
+            503,
+            "no upstream target is configured for this model",
+            code="no_target",
+            headers=no_retry,
+        )
     kind = failure.failure
     if kind == "circuit_open":
-        return GatewayError(503, f"no healthy upstream: {failure.message}",
-                            code="no_healthy_upstream", headers=no_retry, failure=kind)
-    if kind == "timeout":
-        return GatewayError(504, failure.message, code="upstream_timeout", headers=no_retry,
-                            failure=kind)
+        return GatewayError(
+            503,
+            f"no healthy upstream: {failure.message}",
+            code="no_healthy_upstream",
+            headers=no_retry,
+            failure=kind,
+        )
+    if kind == "timeout" or failure.timed_out:
+        return GatewayError(
+            504, failure.message, code="upstream_timeout", headers=no_retry, failure=kind
+        )
     if kind == "client_error":
         return GatewayError(failure.status or 400, failure.message, failure=kind)
     if kind == "rate_limited":
         retry_after = [(n, v) for n, v in failure.headers if n.lower() == "retry-after"]
-        return GatewayError(429, failure.message, code="upstream_rate_limited",
-                            headers=retry_after, failure=kind)
-    return GatewayError(502, failure.message, code="upstream_error", headers=no_retry,
-                        failure=kind)
+        return GatewayError(
+            429, failure.message, code="upstream_rate_limited", headers=retry_after, failure=kind
+        )
+    return GatewayError(502, failure.message, code="upstream_error", headers=no_retry, failure=kind)

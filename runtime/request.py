@@ -75,8 +75,8 @@ class RequestContext:
         "_body",
         "_texts",
         "api",
-        "head",
         "api_key",
+        "head",
         "headers",
         "raw",
         "request_id",
@@ -103,8 +103,8 @@ class RequestContext:
             head = _DECODERS[api].decode(raw)
         except msgspec.ValidationError as exc:
             raise GatewayError(400, f"invalid request body: {exc}", param=_param(exc)) from None
-        except msgspec.DecodeError as exc:
-            raise GatewayError(400, f"request body is not valid JSON: {exc}") from None
+        except _UNREADABLE as exc:
+            raise _unreadable(exc) from None
         return cls(api, raw, head, headers, request_id)
 
     # --- MatchInput -----------------------------------------------------------------------
@@ -137,7 +137,10 @@ class RequestContext:
     def body(self) -> dict[str, Any]:
         """The whole decoded body (decoded on first use; callers may mutate it)."""
         if self._body is None:
-            decoded = _decode_any(self.raw)
+            try:
+                decoded = _decode_any(self.raw)
+            except _UNREADABLE as exc:  # NOTE: the head decode skips what it does not route on
+                raise _unreadable(exc) from None
             self._body = decoded if isinstance(decoded, dict) else {}
         return self._body
 
@@ -155,6 +158,22 @@ class RequestContext:
 
     def prompt_chars(self) -> int:
         return len(self.text("all"))
+
+
+# NOTE: msgspec raises UnicodeDecodeError for invalid UTF-8 in a string and RecursionError for
+# JSON nested deeper than the interpreter's recursion limit.
+_UNREADABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
+def _unreadable(exc: BaseException) -> GatewayError:
+    """The 400 for a body that does not decode at all (`exc` is one of `_UNREADABLE`)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return GatewayError(400, "request body is not valid UTF-8")
+    if isinstance(exc, RecursionError):
+        return GatewayError(400, "request body is nested too deeply")
+    if isinstance(exc, msgspec.ValidationError):  # a number out of range, in an unrouted field
+        return GatewayError(400, f"invalid request body: {exc}")
+    return GatewayError(400, f"request body is not valid JSON: {exc}")
 
 
 def _param(exc: msgspec.ValidationError) -> str | None:

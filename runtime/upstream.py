@@ -23,7 +23,8 @@ from compiler.table import CompiledUpstream, Timeouts, TlsSettings
 
 
 class UpstreamFailure(Exception):
-    """An attempt that failed: `failure` is one of `compiler.table.FAILURE_CLASSES`."""
+    """An attempt that failed: `failure` is one of `compiler.table.FAILURE_CLASSES`; `timed_out`
+    says a clock ran out (a connect timeout is class ``connect`` yet answers 504)."""
 
     def __init__(
         self,
@@ -33,6 +34,7 @@ class UpstreamFailure(Exception):
         status: int | None = None,
         headers: Sequence[tuple[str, str]] = (),
         body: bytes = b"",
+        timed_out: bool = False,
     ) -> None:
         super().__init__(message)
         self.failure = failure
@@ -40,6 +42,7 @@ class UpstreamFailure(Exception):
         self.status = status
         self.headers = tuple(headers)
         self.body = body
+        self.timed_out = timed_out or failure == "timeout"
 
 
 async def _nothing() -> None:
@@ -48,7 +51,7 @@ async def _nothing() -> None:
 
 @dataclass(slots=True)
 class Reply:
-    """An upstream answer: the full `body`, or `chunks` to stream (then `aclose` must be awaited)."""
+    """An upstream answer: the full `body`, or `chunks` to stream (then await `aclose`)."""
 
     status: int
     headers: list[tuple[str, str]]
@@ -111,7 +114,9 @@ class UpstreamPool:
                 self._retired.add(key)
         self._close_idle_retired()
 
-    def client_for(self, upstream: CompiledUpstream) -> tuple[tuple[object, ...], httpx.AsyncClient]:
+    def client_for(
+        self, upstream: CompiledUpstream
+    ) -> tuple[tuple[object, ...], httpx.AsyncClient]:
         key = connection_key(upstream)
         client = self._clients.get(key)
         if client is None:  # NOTE: only when called with a table that was never prepared
@@ -188,9 +193,14 @@ async def _send(
             response = await client.send(request, stream=True)
     except TimeoutError:
         raise UpstreamFailure("timeout", "upstream did not answer in time (first byte)") from None
+    except httpx.ConnectTimeout:
+        # NOTE: nothing was sent, so this is class `connect` (safe to retry, `fallback.on:
+        # [connect]`), as `runtime.resilience.classify_exception` has it; it still answers 504.
+        message = f"cannot connect to upstream: no connection within {timeouts.connect_s:g} s"
+        raise UpstreamFailure("connect", message, timed_out=True) from None
     except httpx.TimeoutException as exc:
         raise UpstreamFailure("timeout", f"upstream timed out: {type(exc).__name__}") from None
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+    except httpx.ConnectError as exc:
         raise UpstreamFailure("connect", f"cannot connect to upstream: {exc}") from None
     except httpx.HTTPError as exc:
         raise UpstreamFailure("bad_response", f"upstream error: {type(exc).__name__}") from None
@@ -210,7 +220,9 @@ async def _send(
     except (TimeoutError, httpx.TimeoutException):
         raise UpstreamFailure("timeout", "upstream response body timed out") from None
     except httpx.HTTPError as exc:
-        raise UpstreamFailure("bad_response", f"upstream body error: {type(exc).__name__}") from None
+        raise UpstreamFailure(
+            "bad_response", f"upstream body error: {type(exc).__name__}"
+        ) from None
     finally:
         await response.aclose()
     return Reply(response.status_code, response_headers, body=data)
