@@ -85,9 +85,19 @@ class Relay(Protocol):
     def finish(self) -> bytes: ...
 
 
+_TAIL_BYTES = 4096  # enough for the last event when it is an upstream's error event
+
+
+def is_error_payload(data: Any) -> bool:
+    """Whether a decoded stream event reports an error: Anthropic's ``{"type": "error", ...}``,
+    an OpenAI-style ``{"error": {...}}`` chunk or an Ollama ``{"error": "..."}`` line."""
+    return isinstance(data, dict) and (data.get("type") == "error" or bool(data.get("error")))
+
+
 class RawRelay:
     """Same protocol, no stream transforms: bytes go through untouched. At the end it checks that
-    the upstream stream ended properly (``[DONE]`` / ``message_stop``)."""
+    the upstream stream ended properly: with ``[DONE]`` / ``message_stop``, or with an error event
+    (already passed on, so it stays the stream's last event)."""
 
     __slots__ = ("_tail", "api", "terminator")
 
@@ -97,13 +107,25 @@ class RawRelay:
         self._tail = b""
 
     def feed(self, chunk: bytes) -> bytes:
-        self._tail = (self._tail + chunk)[-64:]
+        self._tail = (self._tail + chunk)[-_TAIL_BYTES:]
         return chunk
 
     def finish(self) -> bytes:
-        if self.terminator not in self._tail:
-            raise UpstreamFailure("bad_response", "upstream stream ended before it was complete")
-        return b""
+        if self.terminator in self._tail[-64:] or self._ended_with_error():
+            return b""
+        raise UpstreamFailure("bad_response", "upstream stream ended before it was complete")
+
+    def _ended_with_error(self) -> bool:
+        events = SSEDecoder().feed(self._tail + b"\n\n")  # NOTE: only the last one matters
+        if not events:
+            return False
+        last = events[-1]
+        if last.event == "error":
+            return True
+        try:
+            return is_error_payload(_decode(last.data))
+        except msgspec.DecodeError:
+            return False
 
     @property
     def at_boundary(self) -> bool:
@@ -111,9 +133,23 @@ class RawRelay:
 
 
 class EventRelay:
-    """Decode upstream events, translate them, run stream-safe transforms, encode for the client."""
+    """Decode upstream events, translate them, run stream-safe transforms, encode for the client.
 
-    __slots__ = ("_done", "_ndjson", "_sse", "api", "steps", "terminator", "translator")
+    The upstream stream must end properly (``[DONE]``, ``message_stop`` or Ollama's ``done``
+    line) even when a translator could close the client's stream by itself: a stream that
+    stops short is an error, never a complete answer. An upstream error event ends the stream:
+    it is passed on (translated) and nothing follows it."""
+
+    __slots__ = (
+        "_done",
+        "_failed",
+        "_ndjson",
+        "_sse",
+        "api",
+        "steps",
+        "terminator",
+        "translator",
+    )
 
     def __init__(
         self,
@@ -130,16 +166,19 @@ class EventRelay:
         self._sse = SSEDecoder() if framing == "sse" else None
         self._ndjson = NDJSONDecoder() if framing == "ndjson" else None
         self._done = False
+        self._failed = False
 
     def feed(self, chunk: bytes) -> bytes:
+        if self._failed:
+            return b""
         return self._emit(self._upstream_events(chunk))
 
     def finish(self) -> bytes:
-        tail: list[Event] = []
-        if self.translator is not None:
-            tail = self.translator.finish()
-        elif not self._done:
+        if self._failed:
+            return b""
+        if not self._done:
             raise UpstreamFailure("bad_response", "upstream stream ended before it was complete")
+        tail = self.translator.finish() if self.translator is not None else []
         out = self._emit(tail)
         if not is_anthropic(self.api):
             out += b"data: [DONE]\n\n"
@@ -158,14 +197,22 @@ class EventRelay:
                     raise UpstreamFailure("bad_response", "upstream sent a malformed event") from None
                 if event.event == "message_stop":
                     self._done = True
+                self._failed = event.event == "error" or is_error_payload(data)
                 events.extend(self._translate(event.event, data))
+                if self._failed:
+                    break
         elif self._ndjson is not None:
             for line in self._ndjson.feed(chunk):
                 try:
                     data = _decode(line)
                 except msgspec.DecodeError:
                     raise UpstreamFailure("bad_response", "upstream sent a malformed line") from None
+                if isinstance(data, dict) and data.get("done") is True:
+                    self._done = True
+                self._failed = is_error_payload(data)
                 events.extend(self._translate(None, data))
+                if self._failed:
+                    break
         return events
 
     def _translate(self, name: str | None, data: Any) -> list[Event]:

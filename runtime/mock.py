@@ -94,7 +94,7 @@ class _Answer(msgspec.Struct):
         text = s.reply if s.reply is not None else (f"Echo: {said}" if said else _DEFAULT_REPLY)
         tools = body.get("tools")
         tool = None
-        if isinstance(tools, list) and tools and _last_role(body) == "user":
+        if isinstance(tools, list) and tools and _awaits_answer(body):
             first = tools[0] if isinstance(tools[0], dict) else {}
             tool = str((first.get("function") or first).get("name") or "tool")
         prompt = s.prompt_tokens or max(1, len(message_text(api, body, "all")) // 4)
@@ -225,12 +225,18 @@ class _Answer(msgspec.Struct):
         return out
 
 
-def _last_role(body: dict[str, Any]) -> str | None:
+def _awaits_answer(body: dict[str, Any]) -> bool:
+    """Whether the last message is the user's own turn, not a tool result handed back (an
+    Anthropic ``tool_result`` block is sent in a user message): only then is a tool called."""
     messages = body.get("messages")
-    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
-        role = messages[-1].get("role")
-        return role if isinstance(role, str) else None
-    return None
+    if not (isinstance(messages, list) and messages and isinstance(messages[-1], dict)):
+        return False
+    last = messages[-1]
+    content = last.get("content")
+    results = isinstance(content, list) and any(
+        isinstance(block, dict) and block.get("type") == "tool_result" for block in content
+    )
+    return last.get("role") == "user" and not results
 
 
 def _split(text: str, parts: int) -> list[str]:
