@@ -359,21 +359,28 @@ class JsonPathPlan:
         return written
 
     def add(self, data: Any, value: Any) -> int:
-        """Append a copy of `value` to every matched array; when nothing matches and the path is
-        singular, create it as ``[value]``. Matches that are not arrays are left alone.
+        """Append a copy of `value` to every matched array; a matched scalar becomes the array
+        ``[scalar, value]`` (OpenAI's ``stop`` may be a string or a list); when nothing matches
+        and the path is singular, create it as ``[value]``. Matched objects are left alone.
 
-        ``compile_jsonpath("$.stop").add({"stop": ["a"]}, "b")`` -> 1, ``stop == ["a", "b"]``.
+        ``compile_jsonpath("$.stop").add({"stop": ["a"]}, "b")`` -> 1, ``stop == ["a", "b"]``;
+        ``compile_jsonpath("$.stop").add({"stop": "a"}, "b")`` -> 1, ``stop == ["a", "b"]``.
         """
         locations = self._locations(data)
         if not locations:
             return self._create(data, [value])
         appended = 0
         seen: set[int] = set()
-        for container, key in locations:
+        for container, key in _unique(locations):
             target = container[key]
             if isinstance(target, MutableSequence) and id(target) not in seen:
                 seen.add(id(target))
                 target.append(thaw_value(value))
+                appended += 1
+            elif target is None or isinstance(target, str | int | float | bool):
+                container[key] = [target, thaw_value(value)] if target is not None else [
+                    thaw_value(value)
+                ]
                 appended += 1
         return appended
 

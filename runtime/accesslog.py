@@ -67,11 +67,16 @@ class AccessLog:
                 self._task = asyncio.get_running_loop().create_task(self._flush_later())
 
     async def _flush_later(self) -> None:
-        try:
-            await asyncio.sleep(_FLUSH_EVERY_S)
-        finally:
+        await asyncio.sleep(_FLUSH_EVERY_S)
+        self._task = None
+        self.flush()
+
+    def close(self) -> None:
+        """Write what is buffered and stop the pending flush (at shutdown)."""
+        if self._task is not None:
+            self._task.cancel()
             self._task = None
-            self.flush()
+        self.flush()
 
     def flush(self) -> None:
         if not self._lines:

@@ -69,6 +69,9 @@ class Gateway:
         live_targets = {t.state_id for m in snapshot.table.models.values() for t in m.targets}
         self.state.breakers.prune(live_targets)
         self.state.latency.prune(live_targets)
+        live_upstreams = {u.state_id for u in snapshot.table.upstreams.values()}
+        for stale in set(self.state.tokens) - live_upstreams:
+            del self.state.tokens[stale]
 
 
 class ApiEndpoint:
@@ -396,4 +399,12 @@ def create_app(gateway: Gateway, extra_routes: list[Route] | None = None) -> Sta
         Route("/readyz", readyz, methods=["GET"]),
         *(extra_routes or []),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, exception_handlers={404: _not_found})
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    """Unknown paths answer in the API shape the caller seems to speak."""
+    api = "anthropic.messages" if "anthropic-version" in request.headers else "openai.chat"
+    error = GatewayError(404, f"no such endpoint: {request.method} {request.url.path}",
+                         code="not_found")
+    return Response(error_body(api, error), 404, media_type="application/json")

@@ -1,6 +1,7 @@
 """The `interlock` command.
 
-    interlock validate FILE...   [--format text|json|github] [--strict]   exit 0 ok, 1 invalid, 2 usage
+    interlock validate FILE...   [--format text|json|github] [--strict]
+                                 exit 0 ok, 1 invalid (or warned, with --strict), 2 usage
     interlock dump FILE          the compiled table, deterministic and secret-free
     interlock schema             the JSON Schema of the config language
     interlock hash-key [KEY]     a new API key (or KEY) and the `hash:` line to put in the config
@@ -14,8 +15,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import secrets
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from compiler import CompileResult, compile_config
 from compiler.diagnostics import render_github, render_json, render_text
@@ -78,8 +81,9 @@ def _validate(args: argparse.Namespace) -> int:
             for diagnostic in result.diagnostics:
                 _print(render_github(diagnostic))
         elif args.format == "text":
+            sources = _sources(result)
             for diagnostic in result.diagnostics:
-                _print(render_text(diagnostic, dict(result.sources)))
+                _print(render_text(diagnostic, sources))
             state = "invalid" if fails else "ok"
             counts = f"{len(result.errors)} error(s), {len(result.warnings)} warning(s)"
             version = f", version {result.table.short_version}" if result.table else ""
@@ -90,10 +94,23 @@ def _validate(args: argparse.Namespace) -> int:
 def _dump(args: argparse.Namespace) -> int:
     result = compile_config(args.path)
     if result.table is None:
+        sources = _sources(result)
         for diagnostic in result.diagnostics:
-            sys.stderr.write(render_text(diagnostic, dict(result.sources)) + "\n")
+            sys.stderr.write(render_text(diagnostic, sources) + "\n")
         return 1
     return _print(dump_table(result.table))
+
+
+def _sources(result: CompileResult) -> dict[str, str]:
+    """The texts to show under diagnostics; when loading failed (a YAML syntax error, say) the
+    result has none, so the files the diagnostics name are read again."""
+    sources = dict(result.sources)
+    for file in {d.span.file for d in result.diagnostics} - set(sources):
+        try:
+            sources[file] = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+    return sources
 
 
 def _hash_key(args: argparse.Namespace) -> int:
@@ -106,6 +123,8 @@ def _hash_key(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # NOTE: a SIGHUP while the server is still importing must not kill it (reloads come later)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from runtime.server import serve  # NOTE: only `serve` pays for importing the server
 
     return serve(args.config, binds=args.bind, workers=args.workers, watch=not args.no_watch)

@@ -307,7 +307,8 @@ class _Call:
         else:
             headers = [(n, v) for n, v in headers if not n.startswith("anthropic-")]
         request_id_header = self.snap.table.observability.request_id_header
-        headers = [(n, v) for n, v in headers if n not in _SET_BY_GATEWAY]
+        # NOTE: the gateway sets these itself, once (a client's request id is forwarded as ours)
+        headers = [(n, v) for n, v in headers if n not in _SET_BY_GATEWAY and n != request_id_header]
         headers.append(("content-type", "application/json"))
         headers.append(("accept-encoding", "identity"))
         headers.append((request_id_header, ctx.request_id))
@@ -353,11 +354,11 @@ class _Call:
             return await self._stream(upstream, bridge, reply, model_name)
         body = reply.body
         try:
-            if bridge is None or (bridge.response is None and not self.response_steps):
+            if (bridge is None or bridge.response is None) and not self.response_steps:
                 _validate_json(body)
             else:
                 data = _decode_object(body)
-                if bridge.response is not None:
+                if bridge is not None and bridge.response is not None:
                     data = bridge.response(data)
                 if self.response_steps:
                     apply_response_steps(self.response_steps, data, ctx.api)
@@ -438,12 +439,23 @@ class _Call:
         base = [(n.lower(), v) for n, v in upstream_headers if n.lower() not in _RESPONSE_DROP]
         if route_policies or upstream.policies:
             base = apply_header_policies(upstream.policies, base, "response")
-            return apply_header_policies(route_policies, base, "response")
+            base = apply_header_policies(route_policies, base, "response")
+            owned = self._gateway_response_headers()
+            return [(n, v) for n, v in base if n not in owned]
         return [
             (n, v)
             for n, v in base
             if n == "retry-after" or n.startswith(_DEFAULT_RESPONSE_PREFIXES)
         ]
+
+    def _gateway_response_headers(self) -> frozenset[str]:
+        """Headers the gateway itself sets on every response; an upstream's copy never passes."""
+        table = self.snap.table
+        names = table.server.response_headers
+        return frozenset(
+            {"content-type", "request-id", table.observability.request_id_header}
+            | {n for n in (names.route, names.upstream, names.model, names.version) if n}
+        )
 
     def _outcome(
         self,

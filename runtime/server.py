@@ -132,7 +132,7 @@ async def serve_async(config_path: str, *, binds: Sequence[str] | None, watch: b
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         await gateway.state.pool.aclose()
-        gateway.access_log.flush()
+        gateway.access_log.close()
     sys.stderr.write("interlock: stopped\n")
     return 0
 

@@ -101,10 +101,12 @@ class UpstreamPool:
         self._clients: dict[tuple[object, ...], httpx.AsyncClient] = {}
         self._in_flight: dict[tuple[object, ...], int] = {}
         self._retired: set[tuple[object, ...]] = set()
+        self._wanted: set[tuple[object, ...]] = set()
 
     def prepare(self, upstreams: Sequence[CompiledUpstream]) -> None:
         """Make sure every HTTP upstream has a client; retire clients none of them needs."""
         wanted = {connection_key(u): u for u in upstreams if u.kind != "mock"}
+        self._wanted = set(wanted)
         for key, upstream in wanted.items():
             if key not in self._clients:
                 self._clients[key] = make_client(upstream)
@@ -119,8 +121,12 @@ class UpstreamPool:
     ) -> tuple[tuple[object, ...], httpx.AsyncClient]:
         key = connection_key(upstream)
         client = self._clients.get(key)
-        if client is None:  # NOTE: only when called with a table that was never prepared
+        if client is None:
+            # NOTE: a request still running on an older table whose client was already closed:
+            # give it a client, retired at once so it closes after that request.
             client = self._clients[key] = make_client(upstream)
+            if key not in self._wanted:
+                self._retired.add(key)
         return key, client
 
     async def send(

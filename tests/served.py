@@ -59,11 +59,12 @@ class ServedGateway:
         config.accesslog = None
         config.errorlog = None
         config.graceful_timeout = 5
+        config.h11_max_incomplete_size = 256 * 1024  # as `interlock serve` sets it
         self._loop.call_soon(self._ready.set)
         try:
             await serve(create_app(self.gateway), config, shutdown_trigger=self._stop.wait)
         finally:
-            self.gateway.access_log.flush()
+            self.gateway.access_log.close()
             await self.gateway.state.pool.aclose()
 
     def start(self) -> ServedGateway:

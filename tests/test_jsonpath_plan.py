@@ -230,11 +230,14 @@ def test_written_values_are_copies() -> None:
 
 
 def test_add_appends_or_creates_an_array() -> None:
-    doc: dict[str, Any] = {"stop": ["a"], "n": 1}
+    doc: dict[str, Any] = {"stop": ["a"], "n": 1, "s": "x", "o": {"k": 1}}
     assert compile_jsonpath("$.stop").add(doc, "b") == 1
     assert compile_jsonpath("$.tags").add(doc, {"x": 1}) == 1
-    assert compile_jsonpath("$.n").add(doc, 2) == 0  # not an array: left alone
-    assert doc == {"stop": ["a", "b"], "tags": [{"x": 1}], "n": 1}
+    assert compile_jsonpath("$.n").add(doc, 2) == 1  # a scalar becomes [scalar, value]
+    assert compile_jsonpath("$.s").add(doc, "y") == 1
+    assert compile_jsonpath("$.o").add(doc, 2) == 0  # an object: left alone
+    assert doc == {"stop": ["a", "b"], "tags": [{"x": 1}], "n": [1, 2], "s": ["x", "y"],
+                   "o": {"k": 1}}
 
 
 def test_frozen_values_thaw_into_fresh_json() -> None:

@@ -694,11 +694,6 @@ def test_swap_keeps_unchanged_pools_and_breakers(
     asyncio.run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/pipeline.py: a client's x-request-id passes a "
-    "passthrough header policy and the gateway appends its own: sent twice",
-)
 def test_request_id_reaches_upstream_once(
     upstream_reset: MockUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -722,11 +722,6 @@ def test_openai_client_on_anthropic_upstream_gets_a_default_version(
     assert seen["x-api-key"] == "sk-ant-upstream"
 
 
-@pytest.mark.xfail(
-    reason="pipeline._headers forwards the caller's x-request-id AND appends it again, so the "
-    "upstream sees 'caller-rid-7, caller-rid-7' (reported)",
-    strict=True,
-)
 def test_a_callers_request_id_is_kept(client: anthropic.Anthropic, up: MockUpstream) -> None:
     raw = client.messages.with_raw_response.create(
         model="to-anthropic",

@@ -771,11 +771,6 @@ def test_request_id_is_made_forwarded_and_returned(client: openai.OpenAI, up: Mo
     assert other.headers["x-request-id"] != request_id
 
 
-@pytest.mark.xfail(
-    reason="pipeline._headers forwards the caller's x-request-id AND appends it again, so the "
-    "upstream sees 'caller-rid-42, caller-rid-42' (reported)",
-    strict=True,
-)
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 def test_a_callers_request_id_is_kept_and_forwarded_once(
     client: openai.OpenAI, up: MockUpstream, kind: str
@@ -1012,14 +1007,7 @@ def test_response_transforms_apply_to_a_scripted_answer(
         "openai",
         "anthropic",
         "ollama",
-        pytest.param(
-            "mock",
-            marks=pytest.mark.xfail(
-                reason="pipeline._finish skips response transforms when there is no bridge "
-                "(the in-process mock) on non-streamed answers (reported)",
-                strict=True,
-            ),
-        ),
+        "mock",
     ],
 )
 def test_response_transforms_apply_to_whole_responses(
@@ -1179,11 +1167,6 @@ def test_passthrough_policy_with_add_force_drop(
     assert "x-upstream-internal" not in headers and "openai-organization" not in headers
 
 
-@pytest.mark.xfail(
-    reason="a passthrough response policy lets the upstream's content-type and x-request-id "
-    "through next to Interlock's own, so both headers are duplicated (reported)",
-    strict=True,
-)
 def test_passthrough_response_policy_keeps_gateway_headers_single(
     serve: Callable[[str], ServedGateway], up: MockUpstream
 ) -> None:

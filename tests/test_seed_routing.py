@@ -780,11 +780,6 @@ def test_004_openai_clients_on_claude_get_a_default_max_tokens_and_the_denylist(
     assert headers["x-api-key"] == "sk-ant-upstream"
 
 
-@pytest.mark.xfail(
-    reason="the upstream's passthrough response policy lets its x-request-id through next to "
-    "Interlock's, so the client gets 'req_mockN, <id>' (reported)",
-    strict=True,
-)
 def test_004_the_client_gets_one_request_id_the_one_sent_upstream(
     proxy: openai.OpenAI, up: MockUpstream
 ) -> None:
@@ -868,11 +863,6 @@ def test_004_local_backends_get_passthrough_headers_and_compat_edits(
         assert "x-debug-level" not in headers
 
 
-@pytest.mark.xfail(
-    reason='`op: add` leaves a non-array alone, so a client\'s `stop: "END"` (a string, as the '
-    "OpenAI API allows) gets no <|eot_id|> from local-compat (reported)",
-    strict=True,
-)
 def test_004_a_string_stop_also_gets_the_local_stop_sequence(
     proxy: openai.OpenAI, up: MockUpstream
 ) -> None:
