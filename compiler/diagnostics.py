@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 
-class Severity(str, Enum):
+class Severity(str, Enum):  # noqa: UP042 - str() stays "Severity.ERROR"
     ERROR = "error"
     WARNING = "warning"
 
@@ -79,7 +79,10 @@ class CompileError(Exception):
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
-    """A hint naming the closest candidate: ``did_you_mean('opnai', ['openai']) -> "did you mean 'openai'?"``."""
+    """A hint naming the closest candidate, or None.
+
+    ``did_you_mean("opnai", ["openai"]) -> "did you mean 'openai'?"``
+    """
     close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None
 
@@ -97,22 +100,25 @@ def render_text(diagnostic: Diagnostic, sources: dict[str, str] | None = None) -
         return head + (f"\n  hint: {d.hint}" if d.hint else "") + f"\n  at {d.span.path}"
     number = str(d.span.line)
     pad = " " * len(number)
-    caret = " " * max(d.span.col - 1, 0) + "^" + (f" {d.hint}" if d.hint else "")
-    return (
-        f"{head}\n"
-        f"  {number} | {lines[d.span.line - 1]}\n"
-        f"  {pad} | {caret}\n"
-        f"  {pad} = at {d.span.path}"
-    )
+    source = lines[d.span.line - 1]
+    # NOTE: keep the line's tabs so the caret lines up under the column however tabs render.
+    indent = "".join("\t" if c == "\t" else " " for c in source[: max(d.span.col - 1, 0)])
+    caret = indent + "^" + (f" {d.hint}" if d.hint else "")
+    return f"{head}\n  {number} | {source}\n  {pad} | {caret}\n  {pad} = at {d.span.path}"
 
 
 def render_github(diagnostic: Diagnostic) -> str:
     """A GitHub Actions workflow command: ``::error file=f,line=1,col=2,title=code::message``."""
     d = diagnostic
     message = d.message + (f" ({d.hint})" if d.hint else "")
-    message = message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    message = _escape_data(message)
     level = "error" if d.is_error else "warning"
-    return f"::{level} file={d.span.file},line={d.span.line},col={d.span.col},title={d.code}::{message}"
+    file = _escape_data(d.span.file).replace(":", "%3A").replace(",", "%2C")
+    return f"::{level} file={file},line={d.span.line},col={d.span.col},title={d.code}::{message}"
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def render_json(diagnostics: Sequence[Diagnostic]) -> str:

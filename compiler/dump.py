@@ -46,7 +46,7 @@ def to_plain(value: Any, *, routes: tuple[str, ...] = ()) -> Any:
         return None
     if isinstance(value, CompiledTarget):
         # NOTE: a target names its upstream; the upstream itself is dumped under `upstreams`.
-        return {**_fields(value, routes), "upstream": value.upstream.name}
+        return {**_fields(value, routes, skip="upstream"), "upstream": value.upstream.name}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _fields(value, routes)
     if isinstance(value, Mapping):
@@ -66,11 +66,11 @@ def _field(table: RouteTable, name: str, route_names: tuple[str, ...]) -> Any:
     return to_plain(getattr(table, name), routes=route_names)
 
 
-def _fields(value: Any, routes: tuple[str, ...]) -> dict[str, Any]:
+def _fields(value: Any, routes: tuple[str, ...], skip: str = "") -> dict[str, Any]:
     return {
         f.name: to_plain(getattr(value, f.name), routes=routes)
         for f in dataclasses.fields(value)
-        if f.name != "upstream" and not isinstance(getattr(value, f.name), Span)
+        if f.name != skip and not isinstance(getattr(value, f.name), Span)
     }
 
 

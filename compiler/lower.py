@@ -17,47 +17,40 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from compiler.analysis import fallback_cycles
 from compiler.diagnostics import Diagnostic, Severity, Span, did_you_mean
 from compiler.headers import (
     HeaderPolicy,
     check_header_rules,
     compile_header_rules,
 )
-from compiler.jsonpath import JsonPathCompileError, compile_jsonpath
 from compiler.loader import Document, PathKey
 from compiler.matcher import build_index
+from compiler.routes import RouteRefs, check_unreachable, lower_routes
 from compiler.table import (
     AdminSettings,
     ApiKey,
     AuthSettings,
-    BodyPredicate,
     BreakerPolicy,
-    CacheSettings,
     CachePolicy,
-    CompiledAction,
-    CompiledMatch,
+    CacheSettings,
     CompiledModel,
-    CompiledRoute,
     CompiledTarget,
     CompiledUpstream,
     CorsSettings,
-    HeaderCondition,
     LimitPolicy,
     LimitSettings,
     MockSettings,
     OAuthSettings,
     ObservabilitySettings,
-    ParamPlan,
     PoolLimits,
     Pricing,
-    Rejection,
     ResponseHeaderNames,
     RetryPolicy,
     RouteTable,
     SecretRef,
     ServerSettings,
     StoreSettings,
-    TextCondition,
     Timeouts,
     TlsSettings,
     UsageSettings,
@@ -69,7 +62,6 @@ from compiler.transforms import (
 )
 
 _REGEX_FLAGS = {"ignorecase": re.I, "multiline": re.M, "dotall": re.S, "verbose": re.X}
-_BODY_OPS = ("equals", "not_equals", "in", "exists", "gt", "gte", "lt", "lte", "regex")
 
 
 def state_id(*parts: Any) -> str:
@@ -82,7 +74,8 @@ def _redact_secrets(spec: Any) -> Any:
     """The spec with inline secret strings replaced, so state ids never depend on secret text."""
     if isinstance(spec, dict):
         return {
-            k: "***" if k in ("api_key", "client_secret", "credentials") and isinstance(v, str)
+            k: "***"
+            if k in ("api_key", "client_secret", "credentials") and isinstance(v, str)
             else _redact_secrets(v)
             for k, v in spec.items()
         }
@@ -92,7 +85,7 @@ def _redact_secrets(spec: Any) -> Any:
 
 
 @dataclass
-class _Lowering:
+class Lowering:
     doc: Document
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
@@ -107,9 +100,7 @@ class _Lowering:
     def span(self, path: PathKey) -> Span:
         return self.doc.span(path)
 
-    def ref(
-        self, kind: str, name: str, known: Iterable[str], path: PathKey, code: str
-    ) -> bool:
+    def ref(self, kind: str, name: str, known: Iterable[str], path: PathKey, code: str) -> bool:
         """Check that `name` is among `known`; report `code` with a did-you-mean hint if not."""
         names = list(known)
         if name in names:
@@ -122,7 +113,7 @@ class _Lowering:
             return re.compile(pattern, flags)
         except re.error as exc:
             offset = exc.pos or 0
-            self.error("regex.invalid", f"invalid regex: {exc.msg}", self.span(path).shifted(offset))
+            self.error("regex.invalid", f"invalid regex: {exc.msg}", self.doc.span_at(path, offset))
             return None
 
     def secret(self, value: Any, path: PathKey) -> SecretRef | None:
@@ -135,14 +126,14 @@ class _Lowering:
                 "secret.literal",
                 f"secret '{path[-1]}' is written inline",
                 self.span(path),
-                hint=f"use {{env: NAME}} or {{file: PATH}} instead of the value",
+                hint="use {env: NAME} or {file: PATH} instead of the value",
             )
         return SecretRef(literal=str(value))
 
 
 def lower_config(doc: Document) -> tuple[RouteTable | None, list[Diagnostic]]:
     """Check and lower a schema-valid document; the table is None when any error was found."""
-    lw = _Lowering(doc)
+    lw = Lowering(doc)
     data = doc.data
     policies = data.get("policies") or {}
     header_policies = _lower_header_policies(lw, policies.get("headers") or {})
@@ -151,9 +142,19 @@ def lower_config(doc: Document) -> tuple[RouteTable | None, list[Diagnostic]]:
     models, names, globs = _lower_models(lw, data.get("models") or {}, upstreams)
     limits = _lower_limits(lw, data.get("limits") or {}, models)
     cache = _lower_cache(lw, data.get("cache") or {})
-    refs = _Refs(header_policies, transforms, limits, cache, models, names, globs)
-    routes = _lower_routes(lw, data.get("routes") or [], refs)
-    _check_unreachable(lw, data.get("routes") or [])
+    refs = RouteRefs(
+        header_policies,
+        transforms,
+        limits,
+        cache,
+        models,
+        names,
+        globs,
+        header_policies_defined=_policy_names(doc, "headers"),
+        transforms_defined=_policy_names(doc, "transforms"),
+    )
+    routes = lower_routes(lw, data.get("routes") or [], refs)
+    check_unreachable(lw, data.get("routes") or [])
     auth = _lower_auth(lw, data.get("auth") or {}, limits)
     observability = _lower_observability(lw, data.get("observability") or {})
     server = _lower_server(data.get("server") or {})
@@ -169,7 +170,7 @@ def lower_config(doc: Document) -> tuple[RouteTable | None, list[Diagnostic]]:
         model_names=MappingProxyType(names),
         model_globs=tuple(globs),
         routes=tuple(routes),
-        index=build_index(routes),
+        index=build_index(routes, names),
         header_policies=MappingProxyType(header_policies),
         transforms=MappingProxyType(transforms),
         auth=auth,
@@ -185,7 +186,7 @@ def lower_config(doc: Document) -> tuple[RouteTable | None, list[Diagnostic]]:
 # --- policies -----------------------------------------------------------------------------
 
 
-def _lower_header_policies(lw: _Lowering, specs: dict[str, Any]) -> dict[str, HeaderPolicy]:
+def _lower_header_policies(lw: Lowering, specs: dict[str, Any]) -> dict[str, HeaderPolicy]:
     out = {}
     for name, spec in specs.items():
         ok = True
@@ -194,7 +195,9 @@ def _lower_header_policies(lw: _Lowering, specs: dict[str, Any]) -> dict[str, He
             if direction not in spec:
                 continue
             base: PathKey = ("policies", "headers", name, direction)
-            found = check_header_rules(spec[direction], _suffix_span(lw.doc, base))
+            found = check_header_rules(
+                spec[direction], _suffix_span(lw.doc, base, at_key=True), direction=direction
+            )
             lw.diagnostics.extend(found)
             ok = ok and not any(d.is_error for d in found)
             rules[direction] = spec[direction]
@@ -207,24 +210,49 @@ def _lower_header_policies(lw: _Lowering, specs: dict[str, Any]) -> dict[str, He
     return out
 
 
-def _suffix_span(doc: Document, base: PathKey) -> Callable[[str], Span]:
-    """A `span_for` callback turning ``"allow[2]"`` / ``"force.x-team"`` into a located Span."""
+def _suffix_path(doc: Document, base: PathKey, suffix: str) -> PathKey:
+    """``(("policies", "headers", "corp"), "allow[2]") -> (..., "corp", "allow", 2)``; a name
+    with dots (``force.x.team`` for the header ``x.team``) is kept whole when the config has it."""
+    path: list[str | int] = list(base)
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", suffix):
+        if part.startswith("["):
+            path.append(int(part[1:-1]))
+        elif isinstance(path[-1], str) and tuple(path) not in doc.values:
+            path[-1] = f"{path[-1]}.{part}"
+        else:
+            path.append(part)
+    return tuple(path)
+
+
+def _suffix_span(doc: Document, base: PathKey, *, at_key: bool) -> Callable[[str], Span]:
+    """A `span_for` callback turning ``"allow[2]"`` / ``"force.x-team"`` into a located Span:
+    the key that holds the value when `at_key` (header names under add/force), else the value."""
 
     def span_for(suffix: str) -> Span:
-        path: list[str | int] = list(base)
-        for part in re.findall(r"[^.\[\]]+|\[\d+\]", suffix):
-            path.append(int(part[1:-1]) if part.startswith("[") else part)
-        key = tuple(path)
-        return doc.key_span(key) if key in doc.keys else doc.span(key)
+        key = _suffix_path(doc, base, suffix)
+        return doc.key_span(key) if at_key and key in doc.keys else doc.span(key)
 
     return span_for
 
 
-def _lower_transforms(lw: _Lowering, specs: dict[str, Any]) -> dict[str, TransformPipeline]:
+def _suffix_span_at(doc: Document, base: PathKey) -> Callable[[str, int], Span]:
+    """A `span_at` callback: where character `offset` of the string at a suffix is."""
+
+    def span_at(suffix: str, offset: int) -> Span:
+        return doc.span_at(_suffix_path(doc, base, suffix), offset)
+
+    return span_at
+
+
+def _lower_transforms(lw: Lowering, specs: dict[str, Any]) -> dict[str, TransformPipeline]:
     out = {}
     for name, spec in specs.items():
+        base: PathKey = ("policies", "transforms", name)
         found = check_transform_pipeline(
-            name, spec, _suffix_span(lw.doc, ("policies", "transforms", name))
+            name,
+            spec,
+            _suffix_span(lw.doc, base, at_key=False),
+            span_at=_suffix_span_at(lw.doc, base),
         )
         lw.diagnostics.extend(found)
         if not any(d.is_error for d in found):
@@ -235,21 +263,32 @@ def _lower_transforms(lw: _Lowering, specs: dict[str, Any]) -> dict[str, Transfo
 # --- upstreams and models -----------------------------------------------------------------
 
 
+def _policy_names(doc: Document, kind: str) -> frozenset[str]:
+    """Every policy name defined under ``policies.<kind>``, compiled or not."""
+    return frozenset((doc.data.get("policies") or {}).get(kind) or {})
+
+
 def _lower_upstreams(
-    lw: _Lowering, specs: dict[str, Any], header_policies: Mapping[str, HeaderPolicy]
+    lw: Lowering, specs: dict[str, Any], header_policies: Mapping[str, HeaderPolicy]
 ) -> dict[str, CompiledUpstream]:
     out = {}
     for name, spec in specs.items():
         base: PathKey = ("upstreams", name)
         policies = []
+        defined = _policy_names(lw.doc, "headers")
         for i, policy in enumerate(spec.get("headers") or []):
-            if lw.ref("header policy", policy, header_policies, (*base, "headers", i),
-                      "ref.unknown_header_policy"):
+            path = (*base, "headers", i)
+            if lw.ref("header policy", policy, defined, path, "ref.unknown_header_policy") and (
+                policy in header_policies  # NOTE: a policy with errors is reported once, there
+            ):
                 policies.append(header_policies[policy])
         tls = spec.get("tls") or {}
         if tls.get("verify") is False:
-            lw.warn("tls.verify_off", f"upstream '{name}' does not verify certificates",
-                    lw.doc.key_span((*base, "tls", "verify")))
+            lw.warn(
+                "tls.verify_off",
+                f"upstream '{name}' does not verify certificates",
+                lw.doc.key_span((*base, "tls", "verify")),
+            )
         retry = spec.get("retry") or {}
         backoff = retry.get("backoff") or {}
         breaker = spec.get("circuit_breaker")
@@ -281,7 +320,7 @@ def _lower_upstreams(
     return out
 
 
-def _lower_oauth(lw: _Lowering, spec: Any, base: PathKey) -> OAuthSettings | None:
+def _lower_oauth(lw: Lowering, spec: Any, base: PathKey) -> OAuthSettings | None:
     if not spec:
         return None
     return OAuthSettings(
@@ -315,7 +354,7 @@ def _is_glob(name: str) -> bool:
 
 
 def _lower_models(
-    lw: _Lowering, specs: dict[str, Any], upstreams: Mapping[str, CompiledUpstream]
+    lw: Lowering, specs: dict[str, Any], upstreams: Mapping[str, CompiledUpstream]
 ) -> tuple[dict[str, CompiledModel], dict[str, str], list[tuple[re.Pattern[str], str]]]:
     models: dict[str, CompiledModel] = {}
     names: dict[str, str] = {name: name for name in specs}
@@ -327,18 +366,19 @@ def _lower_models(
                 globs.append((re.compile(fnmatch.translate(alias)), name))
             elif alias in names:
                 owner = names[alias]
-                lw.error("name.duplicate", f"'{alias}' already names model '{owner}'",
-                         lw.span(path))
+                lw.error(
+                    "name.duplicate", f"'{alias}' already names model '{owner}'", lw.span(path)
+                )
             else:
                 names[alias] = name
     for name, spec in specs.items():
         models[name] = _lower_model(lw, name, spec, upstreams, names)
-    _check_fallback_cycles(lw, specs)
+    _check_fallback_cycles(lw, specs, names)
     return models, names, globs
 
 
 def _lower_model(
-    lw: _Lowering,
+    lw: Lowering,
     name: str,
     spec: dict[str, Any],
     upstreams: Mapping[str, CompiledUpstream],
@@ -348,8 +388,13 @@ def _lower_model(
     targets = []
     for i, target in enumerate(spec.get("targets") or []):
         upstream_name = target["upstream"]
-        if not lw.ref("upstream", upstream_name, upstreams, (*base, "targets", i, "upstream"),
-                      "ref.unknown_upstream"):
+        if not lw.ref(
+            "upstream",
+            upstream_name,
+            upstreams,
+            (*base, "targets", i, "upstream"),
+            "ref.unknown_upstream",
+        ):
             continue
         upstream = upstreams[upstream_name]
         targets.append(
@@ -384,245 +429,30 @@ def _lower_model(
     )
 
 
-def _check_fallback_cycles(lw: _Lowering, specs: dict[str, Any]) -> None:
+def _check_fallback_cycles(lw: Lowering, specs: dict[str, Any], names: Mapping[str, str]) -> None:
+    """A fallback may name a model by an alias; the chain follows the model the alias names."""
     graph = {
-        name: [m for m in ((spec.get("fallback") or {}).get("models") or []) if m in specs]
+        name: [
+            (i, m, names[m])
+            for i, m in enumerate((spec.get("fallback") or {}).get("models") or [])
+            if m in names
+        ]
         for name, spec in specs.items()
     }
-    reported: set[frozenset[str]] = set()
-    for start in graph:
-        stack = [(start, [start])]
-        while stack:
-            node, trail = stack.pop()
-            for i, nxt in enumerate(graph[node]):
-                if nxt == start:
-                    cycle = frozenset(trail)
-                    if cycle not in reported:
-                        reported.add(cycle)
-                        chain = " -> ".join([*trail, start])
-                        path = ("models", node, "fallback", "models", i)
-                        lw.error("model.fallback_cycle", f"fallback cycle: {chain}",
-                                 lw.span(path), hint="a fallback chain must end")
-                elif nxt not in trail:
-                    stack.append((nxt, [*trail, nxt]))
-
-
-# --- routes -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Refs:
-    header_policies: Mapping[str, HeaderPolicy]
-    transforms: Mapping[str, TransformPipeline]
-    limits: LimitSettings
-    cache: CacheSettings
-    models: Mapping[str, CompiledModel]
-    model_names: Mapping[str, str]
-    model_globs: list[tuple[re.Pattern[str], str]]
-
-
-def _lower_routes(lw: _Lowering, specs: list[Any], refs: _Refs) -> list[CompiledRoute]:
-    routes = []
-    seen: dict[str, int] = {}
-    for i, spec in enumerate(specs):
-        base: PathKey = ("routes", i)
-        name = spec["name"]
-        if name in seen:
-            lw.error("name.duplicate", f"route name '{name}' is already used by routes[{seen[name]}]",
-                     lw.span((*base, "name")))
-        seen.setdefault(name, i)
-        match = _lower_match(lw, spec.get("match") or {}, (*base, "match"))
-        action = _lower_action(lw, spec.get("action") or {}, (*base, "action"), refs)
-        if any(not s.stream_safe for t in action.transforms for s in t.response) and (
-            match.stream is not False
-        ):
-            lw.warn(
-                "transform.not_stream_safe",
-                f"route '{name}' allows streaming but a response transform cannot run on streams;"
-                " it will be skipped for streamed responses",
-                lw.doc.key_span((*base, "action", "transforms")),
-                hint="add `stream: false` to the match, or mark the step stream_safe",
-            )
-        routes.append(CompiledRoute(len(routes), name, match, action, lw.span(base)))
-    return routes
-
-
-def _lower_match(lw: _Lowering, spec: dict[str, Any], base: PathKey) -> CompiledMatch:
-    models, pattern = _lower_model_matcher(lw, spec.get("model"), (*base, "model"))
-    text = spec.get("text")
-    text_condition = None
-    if text:
-        compiled = lw.regex(text["regex"], (*base, "text", "regex"))
-        if compiled is not None:
-            text_condition = TextCondition(compiled, text.get("in", "all"))
-    key = spec.get("key") or {}
-    return CompiledMatch(
-        apis=frozenset(_as_list(spec["api"])) if "api" in spec else None,
-        models=models,
-        model_pattern=pattern,
-        headers=_lower_header_conditions(lw, spec.get("headers") or {}, (*base, "headers")),
-        key=tuple(sorted((k, str(v)) for k, v in key.items() if k != "tags")),
-        key_tags=tuple(sorted((k, str(v)) for k, v in (key.get("tags") or {}).items())),
-        body=_lower_body_predicates(lw, spec.get("body") or [], (*base, "body")),
-        stream=spec.get("stream"),
-        text=text_condition,
-        prompt_chars=tuple(sorted((op, n) for op, n in (spec.get("prompt_chars") or {}).items())),
-    )
-
-
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list) else [value]
-
-
-def _lower_model_matcher(
-    lw: _Lowering, spec: Any, path: PathKey
-) -> tuple[frozenset[str] | None, re.Pattern[str] | None]:
-    if spec is None:
-        return None, None
-    if isinstance(spec, str | list):
-        return frozenset(_as_list(spec)), None
-    if "glob" in spec:
-        return None, re.compile(fnmatch.translate(spec["glob"]))
-    return None, lw.regex(spec["regex"], (*path, "regex"))
-
-
-def _lower_header_conditions(
-    lw: _Lowering, spec: dict[str, Any], base: PathKey
-) -> tuple[HeaderCondition, ...]:
-    out = []
-    for name, condition in spec.items():
-        lname = name.lower()
-        if isinstance(condition, str):
-            out.append(HeaderCondition(lname, equals=condition))
-        elif "regex" in condition:
-            compiled = lw.regex(condition["regex"], (*base, name, "regex"))
-            out.append(HeaderCondition(lname, pattern=compiled))
-        else:
-            out.append(HeaderCondition(lname, present=bool(condition.get("present", True))))
-    return tuple(out)
-
-
-def _lower_body_predicates(
-    lw: _Lowering, specs: list[Any], base: PathKey
-) -> tuple[BodyPredicate, ...]:
-    out = []
-    for i, spec in enumerate(specs):
-        try:
-            plan = compile_jsonpath(spec["path"])
-        except JsonPathCompileError as exc:
-            lw.error("jsonpath.invalid", f"invalid JSONPath: {exc.message}",
-                     lw.span((*base, i, "path")).shifted(exc.offset))
-            continue
-        op = next(o for o in _BODY_OPS if o in spec)
-        pattern = None
-        if op == "regex":
-            pattern = lw.regex(spec["regex"], (*base, i, "regex"))
-        out.append(BodyPredicate(plan, op, spec[op], pattern))
-    return tuple(out)
-
-
-def _lower_action(lw: _Lowering, spec: dict[str, Any], base: PathKey, refs: _Refs) -> CompiledAction:
-    def model_ref(key: str) -> str | None:
-        name = spec.get(key)
-        if name is None:
-            return None
-        if not lw.ref("model", name, refs.model_names, (*base, key), "ref.unknown_model"):
-            return None
-        return refs.model_names[name]
-
-    def refs_to(key: str, known: Mapping[str, Any], kind: str, code: str) -> list[Any]:
-        found = []
-        for i, name in enumerate(spec.get(key) or []):
-            if lw.ref(kind, name, known, (*base, key, i), code):
-                found.append(known[name])
-        return found
-
-    params = spec.get("params") or {}
-    reject = spec.get("reject")
-    limits = None
-    if "limits" in spec:
-        limits = tuple(p.name for p in refs_to("limits", refs.limits.policies, "limit policy",
-                                               "ref.unknown_limit"))
-    cache = spec.get("cache")
-    if isinstance(cache, str):
-        lw.ref("cache policy", cache, refs.cache.policies, (*base, "cache"), "ref.unknown_cache")
-    return CompiledAction(
-        model=model_ref("model"),
-        default_model=model_ref("default_model"),
-        params=ParamPlan(
-            set=MappingProxyType(dict(params.get("set") or {})),
-            default=MappingProxyType(dict(params.get("default") or {})),
-            clamp=MappingProxyType(
-                {k: (v.get("min"), v.get("max")) for k, v in (params.get("clamp") or {}).items()}
-            ),
-            drop=tuple(params.get("drop") or ()),
-        ),
-        reject=Rejection(reject["status"], reject.get("message", "request rejected by route"))
-        if reject
-        else None,
-        header_policies=tuple(refs_to("headers", refs.header_policies, "header policy",
-                                      "ref.unknown_header_policy")),
-        transforms=tuple(refs_to("transforms", refs.transforms, "transform pipeline",
-                                 "ref.unknown_transform")),
-        limits=limits,
-        cache=cache if isinstance(cache, str) else None,
-    )
-
-
-def _conditions(spec: dict[str, Any]) -> dict[str, Any]:
-    """A route match as comparable parts, for the subsumption check."""
-    parts: dict[str, Any] = {}
-    for key, value in spec.items():
-        if key == "api":
-            parts[key] = frozenset(_as_list(value))
-        elif key == "model" and isinstance(value, str | list):
-            parts[key] = frozenset(_as_list(value))
-        elif key == "headers":
-            for name, cond in value.items():
-                parts[f"headers.{name.lower()}"] = json.dumps(cond, sort_keys=True)
-        elif key == "body":
-            for item in value:
-                parts[f"body.{json.dumps(item, sort_keys=True)}"] = True
-        else:
-            parts[key] = json.dumps(value, sort_keys=True)
-    return parts
-
-
-def _covers(earlier: dict[str, Any], later: dict[str, Any]) -> bool:
-    """Whether every request `later` matches is also matched by `earlier` (syntactically)."""
-    for key, value in earlier.items():
-        other = later.get(key)
-        if other is None:
-            return False
-        if isinstance(value, frozenset):
-            if not isinstance(other, frozenset) or not other <= value:
-                return False
-        elif other != value:
-            return False
-    return True
-
-
-def _check_unreachable(lw: _Lowering, specs: list[Any]) -> None:
-    conditions = [_conditions(spec.get("match") or {}) for spec in specs]
-    for j, later in enumerate(conditions):
-        for i in range(j):
-            earlier = conditions[i]
-            if len(earlier) <= len(later) and _covers(earlier, later):
-                lw.error(
-                    "route.unreachable",
-                    f"route '{specs[j]['name']}' can never match: route '{specs[i]['name']}'"
-                    f" (routes[{i}]) matches everything it matches",
-                    lw.span(("routes", j, "name")),
-                    hint="move it above the broader route, or narrow the broader route",
-                )
-                break
+    for model, i, chain in fallback_cycles(graph):
+        lw.error(
+            "model.fallback_cycle",
+            f"fallback cycle: {chain}",
+            lw.span(("models", model, "fallback", "models", i)),
+            hint="a fallback chain must end",
+        )
 
 
 # --- keys, limits, cache, usage, observability, server ------------------------------------
 
 
 def _lower_store(
-    lw: _Lowering, spec: dict[str, Any] | None, default: StoreSettings, path: PathKey
+    lw: Lowering, spec: dict[str, Any] | None, default: StoreSettings, path: PathKey
 ) -> StoreSettings:
     """A store or backend; a URL with credentials in it is a secret (``postgres://u:p@h/db``)."""
     if not spec:
@@ -635,8 +465,9 @@ def _lower_store(
     return StoreSettings(kind=spec["kind"], path=spec.get("path"), url=ref)
 
 
-def _lower_limits(lw: _Lowering, spec: dict[str, Any], models: Mapping[str, CompiledModel]
-                  ) -> LimitSettings:
+def _lower_limits(
+    lw: Lowering, spec: dict[str, Any], models: Mapping[str, CompiledModel]
+) -> LimitSettings:
     policies = {}
     unpriced = sorted(name for name, model in models.items() if model.pricing is None)
     for name, policy in (spec.get("policies") or {}).items():
@@ -658,47 +489,55 @@ def _lower_limits(lw: _Lowering, spec: dict[str, Any], models: Mapping[str, Comp
             rpm=policy.get("rpm"),
             tpm=policy.get("tpm"),
             concurrent_streams=policy.get("concurrent_streams"),
-            **{k: budget.get(k) for k in (
-                "tokens_per_day", "tokens_per_month", "cost_per_day", "cost_per_month")},
+            **{
+                k: budget.get(k)
+                for k in ("tokens_per_day", "tokens_per_month", "cost_per_day", "cost_per_month")
+            },
         )
     default = []
     for i, name in enumerate(spec.get("default") or []):
         if lw.ref("limit policy", name, policies, ("limits", "default", i), "ref.unknown_limit"):
             default.append(name)
     return LimitSettings(
-        backend=_lower_store(lw, spec.get("backend"), StoreSettings("memory"),
-                             ("limits", "backend")),
+        backend=_lower_store(
+            lw, spec.get("backend"), StoreSettings("memory"), ("limits", "backend")
+        ),
         default=tuple(default),
         policies=MappingProxyType(policies),
     )
 
 
-def _lower_cache(lw: _Lowering, spec: dict[str, Any]) -> CacheSettings:
+def _lower_cache(lw: Lowering, spec: dict[str, Any]) -> CacheSettings:
     policies = {
         name: CachePolicy(name=name, state_id=state_id("cache", name, policy), **policy)
         for name, policy in (spec.get("policies") or {}).items()
     }
     return CacheSettings(
-        backend=_lower_store(lw, spec.get("backend"), StoreSettings("memory"),
-                             ("cache", "backend")),
+        backend=_lower_store(
+            lw, spec.get("backend"), StoreSettings("memory"), ("cache", "backend")
+        ),
         policies=MappingProxyType(policies),
     )
 
 
-def _lower_auth(lw: _Lowering, spec: dict[str, Any], limits: LimitSettings) -> AuthSettings:
+def _lower_auth(lw: Lowering, spec: dict[str, Any], limits: LimitSettings) -> AuthSettings:
     keys = []
     seen: set[str] = set()
     for i, key in enumerate(spec.get("keys") or []):
         base: PathKey = ("auth", "keys", i)
         if key["id"] in seen:
-            lw.error("name.duplicate", f"key id '{key['id']}' is used twice", lw.span((*base, "id")))
+            lw.error(
+                "name.duplicate", f"key id '{key['id']}' is used twice", lw.span((*base, "id"))
+            )
         seen.add(key["id"])
         key_limits = None
         if "limits" in key:
             key_limits = tuple(
-                name for j, name in enumerate(key["limits"])
-                if lw.ref("limit policy", name, limits.policies, (*base, "limits", j),
-                          "ref.unknown_limit")
+                name
+                for j, name in enumerate(key["limits"])
+                if lw.ref(
+                    "limit policy", name, limits.policies, (*base, "limits", j), "ref.unknown_limit"
+                )
             )
         globs = key.get("models")
         keys.append(
@@ -710,7 +549,8 @@ def _lower_auth(lw: _Lowering, spec: dict[str, Any], limits: LimitSettings) -> A
                 project=key.get("project"),
                 models=tuple(globs) if globs is not None else None,
                 models_pattern=re.compile("|".join(fnmatch.translate(g) for g in globs))
-                if globs else None,
+                if globs
+                else None,
                 expires=key.get("expires"),
                 limits=key_limits,
                 tags=MappingProxyType({k: str(v) for k, v in (key.get("tags") or {}).items()}),
@@ -722,11 +562,12 @@ def _lower_auth(lw: _Lowering, spec: dict[str, Any], limits: LimitSettings) -> A
         accept=tuple(spec.get("accept", ("bearer", "x-api-key"))),
         keys=tuple(keys),
         store=_lower_store(lw, store, StoreSettings("memory"), ("auth", "store"))
-        if store else None,
+        if store
+        else None,
     )
 
 
-def _lower_usage(lw: _Lowering, spec: dict[str, Any]) -> UsageSettings:
+def _lower_usage(lw: Lowering, spec: dict[str, Any]) -> UsageSettings:
     default = UsageSettings()
     return UsageSettings(
         store=_lower_store(lw, spec.get("store"), default.store, ("usage", "store")),
@@ -735,7 +576,7 @@ def _lower_usage(lw: _Lowering, spec: dict[str, Any]) -> UsageSettings:
     )
 
 
-def _lower_observability(lw: _Lowering, spec: dict[str, Any]) -> ObservabilitySettings:
+def _lower_observability(lw: Lowering, spec: dict[str, Any]) -> ObservabilitySettings:
     redact = []
     for i, pattern in enumerate(spec.get("redact") or []):
         compiled = lw.regex(pattern, ("observability", "redact", i))
@@ -774,7 +615,8 @@ def _lower_server(spec: dict[str, Any]) -> ServerSettings:
         else None,
         response_headers=ResponseHeaderNames(
             **{
-                k: (names[k].lower() if names.get(k) else None) if k in names
+                k: (names[k].lower() if names.get(k) else None)
+                if k in names
                 else getattr(default_names, k)
                 for k in ("route", "upstream", "model", "version")
             }

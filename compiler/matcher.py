@@ -103,8 +103,10 @@ def message_text(api: str, body: Any, scope: str) -> str:
             continue
         role = message.get("role")
         system_role = role in ("system", "developer")
-        if scope == "all" or (scope == "system" and system_role) or (
-            scope in ("user", "last_user") and role == "user"
+        if (
+            scope == "all"
+            or (scope == "system" and system_role)
+            or (scope in ("user", "last_user") and role == "user")
         ):
             _collect(message.get("content"), parts)
     return "\n".join(parts)
@@ -121,20 +123,28 @@ def _collect(content: Any, parts: list[str]) -> None:
                 parts.append(item["text"])
 
 
-def build_index(routes: Sequence[CompiledRoute]) -> RouteIndex:
-    """The bitset index for `routes` (see `RouteIndex`)."""
+def build_index(routes: Sequence[CompiledRoute], model_names: Iterable[str] = ()) -> RouteIndex:
+    """The bitset index for `routes` (see `RouteIndex`).
+
+    `model_names` (the config's model names and aliases) get their own entries when a route
+    matches models by pattern, so a request naming one skips the patterns that cannot match it.
+    """
     every = (1 << len(routes)) - 1
     api: dict[str, int] = {}
     for name in APIS:
         api[name] = _mask(r for r in routes if r.match.apis is None or name in r.match.apis)
-    model_wild = _mask(r for r in routes if r.match.models is None)
-    model: dict[str, int] = {}
-    for route in routes:
-        for name in route.match.models or ():
-            model[name] = model.get(name, model_wild) | (1 << route.index)
-    header_names = sorted(
-        {h.name for r in routes for h in r.match.headers if h.equals is not None}
+    model_none = _mask(
+        r for r in routes if r.match.models is None and r.match.model_pattern is None
     )
+    patterned = [r for r in routes if r.match.model_pattern is not None]
+    model_wild = model_none | _mask(patterned)
+    exact: dict[str, int] = {}
+    for route in routes:
+        for name in sorted(route.match.models or ()):
+            exact[name] = exact.get(name, 0) | (1 << route.index)
+    names = dict.fromkeys([*exact, *(model_names if patterned else ())])
+    model = {name: model_none | exact.get(name, 0) | _matching(patterned, name) for name in names}
+    header_names = sorted({h.name for r in routes for h in r.match.headers if h.equals is not None})
     headers = []
     for name in header_names:
         wild = _mask(r for r in routes if not _exact_header(r.match, name))
@@ -149,6 +159,16 @@ def build_index(routes: Sequence[CompiledRoute]) -> RouteIndex:
         model=MappingProxyType(model),
         model_wild=model_wild,
         headers=tuple(headers),
+        api_wild=_mask(r for r in routes if r.match.apis is None),
+        model_none=model_none,
+    )
+
+
+def _matching(routes: Iterable[CompiledRoute], model: str) -> int:
+    return _mask(
+        r
+        for r in routes
+        if r.match.model_pattern is not None and r.match.model_pattern.search(model)
     )
 
 
@@ -166,9 +186,11 @@ def _exact_header(match: CompiledMatch, name: str) -> list[str]:
 def match_route(table: RouteTable, facts: MatchInput) -> CompiledRoute | None:
     """The first route of `table` that matches `facts`, or None."""
     index = table.index
-    candidates = index.api.get(facts.api, 0)
+    candidates = index.api.get(facts.api, index.api_wild)
     model = facts.model
-    candidates &= index.model.get(model, index.model_wild) if model is not None else index.model_wild
+    candidates &= (
+        index.model.get(model, index.model_wild) if model is not None else index.model_none
+    )
     if index.headers:
         request_headers = facts.headers
         for name, values, wild in index.headers:
@@ -222,7 +244,7 @@ def _model_ok(match: CompiledMatch, model: str | None) -> bool:
         return False
     if match.models is not None and model in match.models:
         return True
-    return match.model_pattern is not None and match.model_pattern.fullmatch(model) is not None
+    return match.model_pattern is not None and match.model_pattern.search(model) is not None
 
 
 def _headers_ok(match: CompiledMatch, headers: Mapping[str, str]) -> bool:
@@ -231,11 +253,11 @@ def _headers_ok(match: CompiledMatch, headers: Mapping[str, str]) -> bool:
         if condition.present is not None:
             if (value is not None) is not condition.present:
                 return False
-        elif value is None:
-            return False
-        elif condition.equals is not None and value != condition.equals:
-            return False
-        elif condition.pattern is not None and not condition.pattern.search(value):
+        elif (
+            value is None
+            or (condition.equals is not None and value != condition.equals)
+            or (condition.pattern is not None and not condition.pattern.search(value))
+        ):
             return False
     return True
 
@@ -274,8 +296,10 @@ def body_predicate_holds(predicate: BodyPredicate, body: Any) -> bool:
     if op == "in":
         return any(_same(value, v) for v in predicate.value)
     if op == "regex":
-        return isinstance(value, str) and predicate.pattern is not None and bool(
-            predicate.pattern.search(value)
+        return (
+            isinstance(value, str)
+            and predicate.pattern is not None
+            and bool(predicate.pattern.search(value))
         )
     compare = _COMPARE[op]
     numeric = isinstance(value, int | float) and not isinstance(value, bool)

@@ -65,12 +65,33 @@ def _diagnose(error: ValidationError, doc: Document) -> list[Diagnostic]:
         missing = _quoted(error.message) or "a property"
         return [Diagnostic(code, f"missing required key '{missing}'", doc.key_span(path))]
     if keyword == "enum":
-        choices = [str(c) for c in error.validator_value]
-        hint = did_you_mean(str(error.instance), choices) or "one of: " + ", ".join(choices)
-        return [Diagnostic(code, f"{error.instance!r} is not allowed here", doc.span(path), hint=hint)]
+        allowed: Any = error.validator_value
+        choices = [str(c) for c in allowed]
+        closest = did_you_mean(str(error.instance), choices) or "one of: " + ", ".join(choices)
+        message = f"{error.instance!r} is not allowed here"
+        return [Diagnostic(code, message, doc.span(path), hint=closest)]
+    hint = _format_hint(error) if keyword == "pattern" else None
+    if "propertyNames" in error.relative_schema_path and isinstance(error.instance, str):
+        # NOTE: a bad key is reported at the key, not at the mapping that holds it.
+        message = f"invalid key: {_message(error)}"
+        return [Diagnostic(code, message, doc.key_span((*path, error.instance)), hint=hint)]
+    if keyword == "const":
+        expected = json.dumps(error.validator_value)
+        message = f"{_short(error.instance)} is not allowed here; expected {expected}"
+        return [Diagnostic(code, message, doc.span(path))]
     if keyword in ("false", "not") and path:
         return [Diagnostic(code, f"'{path[-1]}' is not allowed here", doc.key_span(path))]
-    return [Diagnostic(code, _message(error), doc.span(path))]
+    return [Diagnostic(code, _message(error), doc.span(path), hint=hint)]
+
+
+def _format_hint(error: ValidationError) -> str | None:
+    """What a `pattern` stands for, from the schema's own description and examples."""
+    schema: Any = error.schema if isinstance(error.schema, dict) else {}
+    described = str(schema.get("description", "")).strip()
+    examples = [str(e) for e in schema.get("examples", ())[:3]]
+    if examples:
+        described += (" " if described else "") + "e.g. " + ", ".join(examples)
+    return described or None
 
 
 def _unknown_keys(error: ValidationError, doc: Document, path: PathKey) -> list[Diagnostic]:
@@ -78,7 +99,8 @@ def _unknown_keys(error: ValidationError, doc: Document, path: PathKey) -> list[
     known = set(schema.get("properties", {}))
     patterns = [re.compile(p) for p in schema.get("patternProperties", {})]
     out = []
-    for key in error.instance:
+    instance: Any = error.instance
+    for key in instance:
         if key in known or any(p.search(key) for p in patterns):
             continue
         out.append(
@@ -103,6 +125,8 @@ def _quoted(message: str) -> str | None:
 
 def _message(error: ValidationError) -> str:
     instance: Any = error.instance
+    if error.validator == "pattern":
+        return f"{_short(instance)} does not match the expected format"
     text = error.message
     if len(text) > 160:  # jsonschema repeats whole sub-documents; keep the message readable
         text = f"{_short(instance)} fails '{error.validator}': {error.validator_value!r}"[:160]

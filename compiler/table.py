@@ -251,9 +251,11 @@ class RouteIndex:
 
     all_routes: int
     api: Mapping[str, int]
-    model: Mapping[str, int]
-    model_wild: int
+    model: Mapping[str, int]  # a known name -> routes naming it, matching it, or not constraining
+    model_wild: int  # a name not in `model`: routes with a model pattern or no model condition
     headers: tuple[tuple[str, Mapping[str, int], int], ...]  # (name, value -> mask, wild mask)
+    api_wild: int = 0  # an API outside APIS: routes with no api condition
+    model_none: int = 0  # a request naming no model: routes with no model condition
 
 
 @dataclass(frozen=True, slots=True)
