@@ -378,9 +378,9 @@ class JsonPathPlan:
                 target.append(thaw_value(value))
                 appended += 1
             elif target is None or isinstance(target, str | int | float | bool):
-                container[key] = [target, thaw_value(value)] if target is not None else [
-                    thaw_value(value)
-                ]
+                container[key] = (
+                    [target, thaw_value(value)] if target is not None else [thaw_value(value)]
+                )
                 appended += 1
         return appended
 

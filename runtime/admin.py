@@ -1,9 +1,9 @@
 """Admin endpoints (enabled by `admin.enabled`, guarded by the admin key's hash) and metrics.
 
-    POST /admin/reload   reload now; the result (ok / rejected with diagnostics, changes)
-    GET  /admin/config   live version, when it was loaded, source files, reload counters and
-                         the last reload result with its diagnostics
-    GET  /metrics        Prometheus text format (when `observability.metrics.enabled`)
+POST /admin/reload   reload now; the result (ok / rejected with diagnostics, changes)
+GET  /admin/config   live version, when it was loaded, source files, reload counters and
+                     the last reload result with its diagnostics
+GET  /metrics        Prometheus text format (when `observability.metrics.enabled`)
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ def _guarded(gateway: Gateway, handler: Handler) -> Handler:
             if key is None or not verify_hash(key, admin.key_hash):
                 raise GatewayError(401, "a valid admin key is required", code="invalid_api_key")
         except GatewayError as exc:
-            return Response(error_body("openai.chat", exc), exc.status,
-                            media_type="application/json")
+            return Response(
+                error_body("openai.chat", exc), exc.status, media_type="application/json"
+            )
         return await handler(request)
 
     return endpoint
@@ -72,8 +73,9 @@ def admin_routes(gateway: Gateway, reloader: Reloader) -> list[Route]:
         gateway.metrics.in_flight.set(gateway.in_flight)
         if not gateway.snapshot.table.observability.metrics:
             return Response(status_code=404)
-        return Response(gateway.metrics.render(),
-                        media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(
+            gateway.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
 
     paths = {"/metrics", gateway.snapshot.table.observability.metrics_path}
     return [

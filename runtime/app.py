@@ -405,6 +405,7 @@ def create_app(gateway: Gateway, extra_routes: list[Route] | None = None) -> Sta
 async def _not_found(request: Request, exc: Exception) -> Response:
     """Unknown paths answer in the API shape the caller seems to speak."""
     api = "anthropic.messages" if "anthropic-version" in request.headers else "openai.chat"
-    error = GatewayError(404, f"no such endpoint: {request.method} {request.url.path}",
-                         code="not_found")
+    error = GatewayError(
+        404, f"no such endpoint: {request.method} {request.url.path}", code="not_found"
+    )
     return Response(error_body(api, error), 404, media_type="application/json")

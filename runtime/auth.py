@@ -95,7 +95,11 @@ def presented_key(headers: Mapping[str, str], accept: Sequence[str]) -> str | No
 
 
 def check_model_allowed(key: ApiKey | None, model: str) -> None:
-    if key is not None and key.models_pattern is not None and not key.models_pattern.fullmatch(model):
+    if (
+        key is not None
+        and key.models_pattern is not None
+        and not key.models_pattern.fullmatch(model)
+    ):
         raise GatewayError(
             403, f"this API key may not use model '{model}'", code="model_not_allowed"
         )

@@ -19,31 +19,40 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "interlock_requests", "Requests answered, by client API and HTTP status.",
-            ["api", "status"], registry=self.registry,
+            "interlock_requests",
+            "Requests answered, by client API and HTTP status.",
+            ["api", "status"],
+            registry=self.registry,
         )
         self.duration = Histogram(
             "interlock_request_duration_seconds",
             "Time to the response headers (streams: to the end of the stream).",
-            ["api"], buckets=_BUCKETS, registry=self.registry,
+            ["api"],
+            buckets=_BUCKETS,
+            registry=self.registry,
         )
         self.in_flight = Gauge(
             "interlock_in_flight_requests", "Requests being served.", registry=self.registry
         )
         self.reload_attempts = Counter(
-            "interlock_reload_attempts", "Reloads that found changed config bytes.",
+            "interlock_reload_attempts",
+            "Reloads that found changed config bytes.",
             registry=self.registry,
         )
         self.reload_success = Counter(
-            "interlock_reload_success", "Reloads that published a new table.",
+            "interlock_reload_success",
+            "Reloads that published a new table.",
             registry=self.registry,
         )
         self.reload_rejected = Counter(
-            "interlock_reload_rejected", "Reloads rejected; the previous table kept serving.",
+            "interlock_reload_rejected",
+            "Reloads rejected; the previous table kept serving.",
             registry=self.registry,
         )
         self.config = Gauge(
-            "interlock_config_info", "The live config version (value 1).", ["version"],
+            "interlock_config_info",
+            "The live config version (value 1).",
+            ["version"],
             registry=self.registry,
         )
         self._children: dict[tuple[str, int], Counter] = {}

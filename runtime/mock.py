@@ -126,29 +126,51 @@ class _Answer(msgspec.Struct):
             content: list[dict[str, Any]] = [{"type": "text", "text": self.text}]
             if self.tool:
                 content.append(
-                    {"type": "tool_use", "id": f"toolu_{self.ident[:12]}", "name": self.tool,
-                     "input": {}}
+                    {
+                        "type": "tool_use",
+                        "id": f"toolu_{self.ident[:12]}",
+                        "name": self.tool,
+                        "input": {},
+                    }
                 )
             return {
-                "id": f"msg_{self.ident}", "type": "message", "role": "assistant", "model": model,
-                "content": content, "stop_reason": "tool_use" if self.tool else "end_turn",
-                "stop_sequence": None, "usage": self.anthropic_usage(),
+                "id": f"msg_{self.ident}",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": content,
+                "stop_reason": "tool_use" if self.tool else "end_turn",
+                "stop_sequence": None,
+                "usage": self.anthropic_usage(),
             }
         if api == "openai.completions":
             return {
-                "id": f"cmpl-{self.ident}", "object": "text_completion", "created": created,
-                "model": model, "usage": self.openai_usage(),
-                "choices": [{"index": 0, "text": self.text, "finish_reason": "stop",
-                             "logprobs": None}],
+                "id": f"cmpl-{self.ident}",
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "usage": self.openai_usage(),
+                "choices": [
+                    {"index": 0, "text": self.text, "finish_reason": "stop", "logprobs": None}
+                ],
             }
         message: dict[str, Any] = {"role": "assistant", "content": self.text}
         if self.tool:
             message["tool_calls"] = [self.tool_call()]
         return {
-            "id": f"chatcmpl-{self.ident}", "object": "chat.completion", "created": created,
-            "model": model, "usage": self.openai_usage(),
-            "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": "tool_calls" if self.tool else "stop"}],
+            "id": f"chatcmpl-{self.ident}",
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "usage": self.openai_usage(),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": "tool_calls" if self.tool else "stop",
+                }
+            ],
         }
 
     def openai_chunks(
@@ -168,8 +190,15 @@ class _Answer(msgspec.Struct):
 
         out = []
         if chat:
-            out.append(chunk({"index": 0, "delta": {"role": "assistant", "content": ""},
-                              "finish_reason": None}))
+            out.append(
+                chunk(
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "finish_reason": None,
+                    }
+                )
+            )
         finish = "tool_calls" if self.tool and chat else "stop"
         for i, piece in enumerate(pieces):
             last = i == len(pieces) - 1 and not (self.tool and chat)
@@ -181,11 +210,13 @@ class _Answer(msgspec.Struct):
             out.append(chunk(choice))
         if self.tool and chat:
             call = {"index": 0, **self.tool_call()}
-            out.append(chunk({"index": 0, "delta": {"tool_calls": [call]},
-                              "finish_reason": "tool_calls"}))
+            out.append(
+                chunk({"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": "tool_calls"})
+            )
         if include_usage:
-            out.append(b"data: " + _encode({**base, "choices": [], "usage": self.openai_usage()})
-                       + b"\n\n")
+            out.append(
+                b"data: " + _encode({**base, "choices": [], "usage": self.openai_usage()}) + b"\n\n"
+            )
         out.append(b"data: [DONE]\n\n")
         return out
 
@@ -194,33 +225,75 @@ class _Answer(msgspec.Struct):
             return b"event: " + name.encode() + b"\ndata: " + _encode(data) + b"\n\n"
 
         start = self.whole("anthropic.messages", model)
-        start.update(content=[], stop_reason=None,
-                     usage={"input_tokens": self.prompt_tokens, "output_tokens": 0})
+        start.update(
+            content=[],
+            stop_reason=None,
+            usage={"input_tokens": self.prompt_tokens, "output_tokens": 0},
+        )
         out = [
             event("message_start", {"type": "message_start", "message": start}),
-            event("content_block_start", {"type": "content_block_start", "index": 0,
-                                          "content_block": {"type": "text", "text": ""}}),
+            event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            ),
             event("ping", {"type": "ping"}),
         ]
-        for piece in pieces:
-            out.append(event("content_block_delta", {
-                "type": "content_block_delta", "index": 0,
-                "delta": {"type": "text_delta", "text": piece}}))
+        out.extend(
+            event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": piece},
+                },
+            )
+            for piece in pieces
+        )
         out.append(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
         if self.tool:
-            out.append(event("content_block_start", {
-                "type": "content_block_start", "index": 1,
-                "content_block": {"type": "tool_use", "id": f"toolu_{self.ident[:12]}",
-                                  "name": self.tool, "input": {}}}))
-            out.append(event("content_block_delta", {
-                "type": "content_block_delta", "index": 1,
-                "delta": {"type": "input_json_delta", "partial_json": "{}"}}))
+            out.append(
+                event(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": 1,
+                        "content_block": {
+                            "type": "tool_use",
+                            "id": f"toolu_{self.ident[:12]}",
+                            "name": self.tool,
+                            "input": {},
+                        },
+                    },
+                )
+            )
+            out.append(
+                event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 1,
+                        "delta": {"type": "input_json_delta", "partial_json": "{}"},
+                    },
+                )
+            )
             out.append(event("content_block_stop", {"type": "content_block_stop", "index": 1}))
-        out.append(event("message_delta", {
-            "type": "message_delta",
-            "delta": {"stop_reason": "tool_use" if self.tool else "end_turn",
-                      "stop_sequence": None},
-            "usage": {"output_tokens": self.completion_tokens}}))
+        out.append(
+            event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {
+                        "stop_reason": "tool_use" if self.tool else "end_turn",
+                        "stop_sequence": None,
+                    },
+                    "usage": {"output_tokens": self.completion_tokens},
+                },
+            )
+        )
         out.append(event("message_stop", {"type": "message_stop"}))
         return out
 
@@ -252,7 +325,12 @@ def _embeddings(body: dict[str, Any], model: str, answer: _Answer) -> dict[str, 
     data = []
     for index, item in enumerate(items):
         digest = hashlib.sha256(str(item).encode()).digest()
-        data.append({"object": "embedding", "index": index,
-                     "embedding": [round(b / 255 - 0.5, 4) for b in digest[:8]]})
+        data.append(
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": [round(b / 255 - 0.5, 4) for b in digest[:8]],
+            }
+        )
     usage = {"prompt_tokens": answer.prompt_tokens, "total_tokens": answer.prompt_tokens}
     return {"object": "list", "data": data, "model": model, "usage": usage}

@@ -308,7 +308,9 @@ class _Call:
             headers = [(n, v) for n, v in headers if not n.startswith("anthropic-")]
         request_id_header = self.snap.table.observability.request_id_header
         # NOTE: the gateway sets these itself, once (a client's request id is forwarded as ours)
-        headers = [(n, v) for n, v in headers if n not in _SET_BY_GATEWAY and n != request_id_header]
+        headers = [
+            (n, v) for n, v in headers if n not in _SET_BY_GATEWAY and n != request_id_header
+        ]
         headers.append(("content-type", "application/json"))
         headers.append(("accept-encoding", "identity"))
         headers.append((request_id_header, ctx.request_id))
@@ -479,7 +481,8 @@ _SET_BY_GATEWAY = frozenset({"content-type", "accept-encoding", "content-length"
 
 
 def upstream_is_openai(bridge: Bridge) -> bool:
-    return bridge.path.endswith("/chat/completions")
+    # NOTE: not by path: GigaChat serves /chat/completions too but takes no stream_options.
+    return bridge.stream_usage
 
 
 async def _relay_stream(

@@ -28,8 +28,10 @@ from runtime.snapshot import prepare_snapshot
 def compile_yaml(text: str, name: str = "config.yaml") -> Any:
     result = compile_texts([(name, text)])
     if result.table is None:
-        raise AssertionError("test config does not compile: " + "; ".join(
-            f"{d.span}: {d.code}: {d.message}" for d in result.errors))
+        raise AssertionError(
+            "test config does not compile: "
+            + "; ".join(f"{d.span}: {d.code}: {d.message}" for d in result.errors)
+        )
     return result.table
 
 
@@ -75,8 +77,9 @@ class ServedGateway:
 
     def _wait_listening(self) -> None:
         for _ in range(200):
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
             ):
                 return
             threading.Event().wait(0.01)
@@ -84,6 +87,7 @@ class ServedGateway:
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on the server's event loop and return its result."""
+
         async def run() -> Any:
             return fn()
 

@@ -236,8 +236,13 @@ def test_add_appends_or_creates_an_array() -> None:
     assert compile_jsonpath("$.n").add(doc, 2) == 1  # a scalar becomes [scalar, value]
     assert compile_jsonpath("$.s").add(doc, "y") == 1
     assert compile_jsonpath("$.o").add(doc, 2) == 0  # an object: left alone
-    assert doc == {"stop": ["a", "b"], "tags": [{"x": 1}], "n": [1, 2], "s": ["x", "y"],
-                   "o": {"k": 1}}
+    assert doc == {
+        "stop": ["a", "b"],
+        "tags": [{"x": 1}],
+        "n": [1, 2],
+        "s": ["x", "y"],
+        "o": {"k": 1},
+    }
 
 
 def test_frozen_values_thaw_into_fresh_json() -> None:

@@ -25,8 +25,13 @@ def test_wheel_ships_the_schema_and_validates(tmp_path: Path) -> None:
     entry_points = next(unpacked.glob("interlock-*.dist-info")) / "entry_points.txt"
     assert "interlock = runtime.cli:main" in entry_points.read_text()
     run = subprocess.run(
-        [sys.executable, "-c", "import sys; from runtime.cli import main; sys.exit(main())",
-         "validate", str(ROOT / "examples" / "quickstart.yaml")],
+        [
+            sys.executable,
+            "-c",
+            "import sys; from runtime.cli import main; sys.exit(main())",
+            "validate",
+            str(ROOT / "examples" / "quickstart.yaml"),
+        ],
         cwd=tmp_path,
         env={"PYTHONPATH": str(unpacked), "PATH": "/usr/bin:/bin"},
         capture_output=True,
