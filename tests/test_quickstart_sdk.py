@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -53,3 +54,13 @@ def test_anthropic_messages_and_stream(gw: ServedGateway) -> None:
     assert text == "Echo: yo"
     assert final.stop_reason == "end_turn"
     client.close()
+
+
+def test_h2c_prior_knowledge(gw: ServedGateway) -> None:
+    with httpx.Client(http1=False, http2=True) as client:
+        reply = client.post(
+            gw.url + "/v1/chat/completions",
+            json={"model": "any", "messages": [{"role": "user", "content": "over h2"}]},
+        )
+    assert reply.http_version == "HTTP/2"
+    assert reply.json()["choices"][0]["message"]["content"] == "Echo: over h2"
