@@ -27,7 +27,7 @@ from runtime.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 BROKEN = ROOT / "tests" / "broken"
 BROKEN_DIRS = ROOT / "tests" / "broken_dirs"
-DOCS = ROOT / "docs" / "config.md"
+DOCS = ROOT / "README.md"
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
 EXPECT = re.compile(
     r"^# expect: (?P<code>[a-z_]+\.[A-Za-z_]+) (?:(?P<file>\S+):)?(?P<line>\d+):(?P<col>\d+)\s*$"

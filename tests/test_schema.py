@@ -1,7 +1,7 @@
 """The JSON Schema of the config language (schemas/interlock.schema.json).
 
 It must be a valid Draft 2020-12 schema, reject unknown keys everywhere, explain every property,
-accept every example in docs/config.md and examples/, and reject broken documents with the
+accept every example in the README's config section and examples/, and reject broken documents with the
 expected keyword at the expected JSON path (the compiler turns these into `schema.<keyword>`).
 """
 
@@ -22,7 +22,7 @@ from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "schemas" / "interlock.schema.json"
-DOCS_PATH = ROOT / "docs" / "config.md"
+DOCS_PATH = ROOT / "README.md"
 SCHEMA: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 VALIDATOR = Draft202012Validator(SCHEMA)
 
@@ -78,12 +78,14 @@ def walk(
 
 
 def docs_yaml_blocks() -> list[str]:
+    """The yaml blocks of the README's config-language section."""
     text = DOCS_PATH.read_text(encoding="utf-8")
+    text = text.split("## The config language", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"^```yaml\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
 
 
 def docs_snippet(block: str) -> dict[str, Any]:
-    """One yaml snippet of docs/config.md as a config of its own.
+    """One yaml snippet of the README's config section as a config of its own.
 
     NOTE: the routes snippet lists every action key in one action, `reject` included, although
     "`reject` excludes the other action keys except `headers`". Its `reject` is moved to a route of
@@ -102,13 +104,16 @@ def docs_snippet(block: str) -> dict[str, Any]:
 
 
 def docs_document() -> dict[str, Any]:
-    """All yaml snippets of docs/config.md merged into one config."""
+    """All yaml snippets of the README's config section merged into one config."""
     merged: dict[str, Any] = {}
     for block in docs_yaml_blocks():
         part = docs_snippet(block)
-        overlap = (set(merged) & set(part)) - {"version"}
+        overlap = (set(merged) & set(part)) - {"version", "routes"}
         assert not overlap, f"docs define {overlap} twice"
+        routes = [*merged.get("routes", []), *part.pop("routes", [])]
         merged.update(part)
+        if routes:
+            merged["routes"] = routes
     return merged
 
 
