@@ -23,6 +23,7 @@ from compiler.transforms import Step, apply_stream_steps
 from runtime.errors import GatewayError, is_anthropic
 from runtime.sse import NDJSONDecoder, SSEDecoder
 from runtime.translate import anthropic as tr_anthropic
+from runtime.translate import gigachat as tr_gigachat
 from runtime.translate import ollama as tr_ollama
 from runtime.translate.anthropic_stream import (
     AnthropicToCompletionsStream,
@@ -55,19 +56,16 @@ class Bridge:
     response: Callable[[Body], Body] | None = None
     translator: Callable[[str, bool], Translator] | None = None  # (model, include_usage)
     terminator: bytes = b"[DONE]"  # how a same-protocol upstream stream ends
+    stream_usage: bool = False  # a translated stream asks for usage with OpenAI's stream_options
 
     @property
     def same_protocol(self) -> bool:
         return self.request is None
 
-    def relay(
-        self, *, model: str, include_usage: bool, steps: Sequence[Step], api: str
-    ) -> Relay:
+    def relay(self, *, model: str, include_usage: bool, steps: Sequence[Step], api: str) -> Relay:
         if self.translator is None and not steps:
             return RawRelay(api, self.terminator)
-        translator = (
-            self.translator(model, include_usage) if self.translator is not None else None
-        )
+        translator = self.translator(model, include_usage) if self.translator is not None else None
         return EventRelay(api, self.framing, translator, tuple(steps), self.terminator)
 
     def error_body(self, api: str, status: int, body: bytes) -> bytes:
@@ -194,7 +192,9 @@ class EventRelay:
                 try:
                     data = _decode(event.data)
                 except msgspec.DecodeError:
-                    raise UpstreamFailure("bad_response", "upstream sent a malformed event") from None
+                    raise UpstreamFailure(
+                        "bad_response", "upstream sent a malformed event"
+                    ) from None
                 if event.event == "message_stop":
                     self._done = True
                 self._failed = event.event == "error" or is_error_payload(data)
@@ -206,7 +206,9 @@ class EventRelay:
                 try:
                     data = _decode(line)
                 except msgspec.DecodeError:
-                    raise UpstreamFailure("bad_response", "upstream sent a malformed line") from None
+                    raise UpstreamFailure(
+                        "bad_response", "upstream sent a malformed line"
+                    ) from None
                 if isinstance(data, dict) and data.get("done") is True:
                     self._done = True
                 self._failed = is_error_payload(data)
@@ -258,8 +260,11 @@ class _Chain:
         self.first, self.second = first, second
 
     def feed(self, event: str | None, data: Any) -> list[Event]:
-        return [out for name, item in self.first.feed(event, data)
-                for out in self.second.feed(name, item)]
+        return [
+            out
+            for name, item in self.first.feed(event, data)
+            for out in self.second.feed(name, item)
+        ]
 
     def finish(self) -> list[Event]:
         out = [o for name, item in self.first.finish() for o in self.second.feed(name, item)]
@@ -275,7 +280,9 @@ def _chunk_translator(
     class Wrapped:
         def __init__(self, model: str, include_usage: bool) -> None:
             self.inner = factory(
-                model, include_usage=include_usage, created=int(time.time()),
+                model,
+                include_usage=include_usage,
+                created=int(time.time()),
                 chunk_id=new_id("chatcmpl-"),
             )
 
@@ -293,7 +300,12 @@ def _ollama_to_anthropic(model: str, include_usage: bool) -> Translator:
     return _Chain(_ollama_chat(model, True), _OpenAIToAnthropicEvents(model, True))
 
 
+def _gigachat_to_anthropic(model: str, include_usage: bool) -> Translator:
+    return _Chain(_gigachat_chat(model, True), _OpenAIToAnthropicEvents(model, True))
+
+
 _ollama_chat = _chunk_translator(tr_ollama.OllamaToOpenAIStream, named=False)
+_gigachat_chat = _chunk_translator(tr_gigachat.GigaChatToOpenAIStream, named=False)
 
 
 def _compose(*steps: Callable[[Body], Body]) -> Callable[[Body], Body]:
@@ -313,9 +325,7 @@ _SAME_OPENAI = {
 
 _BRIDGES: Mapping[tuple[str, str], Bridge] = {
     **{(api, "openai"): Bridge(path, "sse") for api, path in _SAME_OPENAI.items()},
-    ("anthropic.messages", "anthropic"): Bridge(
-        "/v1/messages", "sse", terminator=b"message_stop"
-    ),
+    ("anthropic.messages", "anthropic"): Bridge("/v1/messages", "sse", terminator=b"message_stop"),
     ("anthropic.count_tokens", "anthropic"): Bridge("/v1/messages/count_tokens", "sse"),
     ("openai.chat", "anthropic"): Bridge(
         "/v1/messages",
@@ -337,6 +347,7 @@ _BRIDGES: Mapping[tuple[str, str], Bridge] = {
         request=tr_anthropic.anthropic_to_openai_chat,
         response=tr_anthropic.openai_response_to_anthropic,
         translator=_OpenAIToAnthropicEvents,
+        stream_usage=True,
     ),
     ("openai.chat", "ollama"): Bridge(
         "/api/chat",
@@ -362,8 +373,35 @@ _BRIDGES: Mapping[tuple[str, str], Bridge] = {
         "/api/chat",
         "ndjson",
         request=_compose(tr_anthropic.anthropic_to_openai_chat, tr_ollama.openai_chat_to_ollama),
-        response=_compose(tr_ollama.ollama_chat_to_openai, tr_anthropic.openai_response_to_anthropic),
+        response=_compose(
+            tr_ollama.ollama_chat_to_openai, tr_anthropic.openai_response_to_anthropic
+        ),
         translator=_ollama_to_anthropic,
+    ),
+    # NOTE: GigaChat has no legacy completions endpoint: openai.completions is a 400.
+    ("openai.chat", "gigachat"): Bridge(
+        "/chat/completions",
+        "sse",
+        request=tr_gigachat.openai_chat_to_gigachat,
+        response=tr_gigachat.gigachat_to_openai_chat,
+        translator=_gigachat_chat,
+    ),
+    ("openai.embeddings", "gigachat"): Bridge(
+        "/embeddings",
+        "sse",
+        request=tr_gigachat.embeddings_to_gigachat,
+        response=tr_gigachat.gigachat_embed_to_openai,
+    ),
+    ("anthropic.messages", "gigachat"): Bridge(
+        "/chat/completions",
+        "sse",
+        request=_compose(
+            tr_anthropic.anthropic_to_openai_chat, tr_gigachat.openai_chat_to_gigachat
+        ),
+        response=_compose(
+            tr_gigachat.gigachat_to_openai_chat, tr_anthropic.openai_response_to_anthropic
+        ),
+        translator=_gigachat_to_anthropic,
     ),
 }
 
@@ -374,7 +412,8 @@ def bridge_for(api: str, family: str) -> Bridge | None:
     found = _BRIDGES.get((api, family))
     if found is None and api != "anthropic.count_tokens":
         raise GatewayError(
-            400, f"this model's upstream ({family}) cannot serve {api} requests",
+            400,
+            f"this model's upstream ({family}) cannot serve {api} requests",
             code="unsupported_api",
         )
     return found

@@ -26,7 +26,7 @@ from runtime.mock import MockProvider
 FAMILIES = {
     "openai": "openai",
     "openai-compatible": "openai",
-    "gigachat": "openai",
+    "gigachat": "gigachat",
     "anthropic": "anthropic",
     "ollama": "ollama",
     "mock": "mock",
@@ -41,7 +41,7 @@ class SnapshotError(Exception):
 @dataclass(frozen=True, slots=True)
 class PreparedUpstream:
     upstream: CompiledUpstream
-    family: str  # openai | anthropic | ollama | mock
+    family: str  # openai | anthropic | ollama | gigachat | mock
     auth_headers: tuple[tuple[str, str], ...]
     policies: tuple[HeaderPolicy, ...]  # secrets resolved
     mock: MockProvider | None = None

@@ -44,11 +44,6 @@ WEATHER = {
     "required": ["city"],
 }
 TOOLS: list[Any] = [{"name": "get_weather", "description": "Weather", "input_schema": WEATHER}]
-GIGACHAT_NO_TOOLS = pytest.mark.xfail(
-    reason="GigaChat upstreams get OpenAI `tools` as is; GigaChat speaks `functions` / "
-    "`function_call`, and no translation exists (reported)",
-    strict=True,
-)
 # message_start, then blocks (start, deltas, stop), then message_delta and message_stop
 EVENT_GRAMMAR = re.compile(
     r"message_start (content_block_start (content_block_delta )*content_block_stop )+"
@@ -197,10 +192,6 @@ def assert_block_indexes(events: list[Any]) -> None:
     assert starts == stops == list(range(len(starts)))
 
 
-def gigachat_xfail(kind: str) -> Any:
-    return pytest.param(kind, marks=GIGACHAT_NO_TOOLS) if kind == "gigachat" else kind
-
-
 # --- messages: every upstream kind ----------------------------------------------------------
 
 
@@ -248,6 +239,8 @@ def test_message_with_system_prompt_stop_sequences_and_usage(
     if kind == "ollama":
         assert body["options"] == {"stop": ["STOP"], "num_predict": 50}
         assert body["stream"] is False
+    elif kind == "gigachat":  # GigaChat has no stop sequences: Interlock drops them
+        assert "stop" not in body and body["max_tokens"] == 50
     else:
         assert (body["stop"], body["max_tokens"]) == (["STOP"], 50)
 
@@ -278,8 +271,10 @@ def test_message_stream_event_order_and_final_message(
     if kind != "mock":
         (sent,) = up.requests_to(PATHS[kind])
         assert sent.body["stream"] is True
-        if kind in ("openai", "compat", "gigachat"):  # Anthropic clients need the usage
+        if kind in ("openai", "compat"):  # Anthropic clients need the usage
             assert sent.body["stream_options"] == {"include_usage": True}
+        elif kind == "gigachat":  # GigaChat sends usage unasked and takes no stream_options
+            assert "stream_options" not in sent.body
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -306,7 +301,7 @@ def test_raw_stream_with_create_stream_true(client: anthropic.Anthropic, kind: s
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kind", [gigachat_xfail(k) for k in KINDS])
+@pytest.mark.parametrize("kind", KINDS)
 def test_tool_use_round_trip(gw: ServedGateway, up: MockUpstream, kind: str, mode: str) -> None:
     question: list[Any] = [{"role": "user", "content": "weather in Paris?"}]
     first = call(
@@ -356,6 +351,19 @@ def assert_tool_protocol(kind: str, sent: list[Any], use_id: str) -> None:
         assert offered["tools"] == TOOLS
         assert answered["messages"][-1]["content"][0]["tool_use_id"] == use_id
         return
+    if kind == "gigachat":  # functions; one call per message; the result names the function
+        assert offered["functions"] == [
+            {"name": "get_weather", "description": "Weather", "parameters": WEATHER}
+        ]
+        assistant, result = answered["messages"][-2:]
+        assert assistant["function_call"] == {"name": "get_weather", "arguments": {"city": "Paris"}}
+        assert assistant["functions_state_id"] == use_id.removeprefix("call_")
+        assert result == {
+            "role": "function",
+            "name": "get_weather",
+            "content": '{"result": "sunny"}',
+        }
+        return
     function = offered["tools"][0]["function"]
     assert (function["name"], function["parameters"]) == ("get_weather", WEATHER)
     assistant, result = answered["messages"][-2:]
@@ -371,7 +379,7 @@ def assert_tool_protocol(kind: str, sent: list[Any], use_id: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kind", [gigachat_xfail(k) for k in KINDS])
+@pytest.mark.parametrize("kind", KINDS)
 def test_streamed_tool_use_accumulates_input_json_delta(
     gw: ServedGateway, kind: str, mode: str
 ) -> None:

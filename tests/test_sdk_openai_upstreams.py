@@ -52,16 +52,6 @@ TOOLS: list[Any] = [
         "function": {"name": "get_weather", "description": "Weather", "parameters": WEATHER},
     }
 ]
-GIGACHAT_NO_TOOLS = pytest.mark.xfail(
-    reason="GigaChat upstreams get OpenAI `tools` as is; GigaChat speaks `functions` / "
-    "`function_call`, and no translation exists (reported)",
-    strict=True,
-)
-GIGACHAT_RAW_STREAM = pytest.mark.xfail(
-    reason="GigaChat streams are relayed raw: usage rides on the finish chunk (also without "
-    "include_usage) instead of a separate choices-less chunk (reported)",
-    strict=True,
-)
 
 
 def gateway_config(up: MockUpstream, extra: str = "") -> str:
@@ -196,6 +186,8 @@ def system_and_options(kind: str, body: dict[str, Any]) -> tuple[Any, Any, Any]:
     if kind == "ollama":
         options = body["options"]
         return first["content"], options["stop"], options["num_predict"]
+    if kind == "gigachat":  # GigaChat has no stop sequences: Interlock drops them
+        return first["content"], body.get("stop"), body["max_tokens"]
     return first["content"], body["stop"], body["max_tokens"]
 
 
@@ -215,10 +207,6 @@ def tool_arguments(chunks: list[ChatCompletionChunk]) -> dict[int, dict[str, str
 
 def finish_reasons(chunks: list[ChatCompletionChunk] | list[Completion]) -> list[str]:
     return [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason]
-
-
-def gigachat_xfail(kind: str, mark: pytest.MarkDecorator) -> Any:
-    return pytest.param(kind, marks=mark) if kind == "gigachat" else kind
 
 
 # --- chat: every upstream kind ---------------------------------------------------------------
@@ -254,11 +242,12 @@ def test_chat_with_system_prompt_stop_and_usage(
     assert (usage.prompt_tokens, usage.completion_tokens) == (5, 4)  # words, system included
     (sent,) = chat_requests(up, kind)
     assert sent.body["model"] == upstream_model(kind)
-    assert system_and_options(kind, sent.body) == (SYSTEM, ["STOP"], 50)
+    stop = None if kind == "gigachat" else ["STOP"]
+    assert system_and_options(kind, sent.body) == (SYSTEM, stop, 50)
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kind", [gigachat_xfail(k, GIGACHAT_RAW_STREAM) for k in KINDS])
+@pytest.mark.parametrize("kind", KINDS)
 def test_chat_stream_with_include_usage_ends_with_a_usage_chunk(
     gw: ServedGateway, up: MockUpstream, kind: str, mode: str
 ) -> None:
@@ -289,7 +278,7 @@ def test_chat_stream_with_include_usage_ends_with_a_usage_chunk(
         assert sent.body["stream"] is True
 
 
-@pytest.mark.parametrize("kind", [gigachat_xfail(k, GIGACHAT_RAW_STREAM) for k in KINDS])
+@pytest.mark.parametrize("kind", KINDS)
 def test_chat_stream_without_include_usage_has_no_usage(
     gw: ServedGateway, client: openai.OpenAI, kind: str
 ) -> None:
@@ -314,7 +303,7 @@ QUESTION: list[Any] = [{"role": "user", "content": "weather in Paris?"}]
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kind", [gigachat_xfail(k, GIGACHAT_NO_TOOLS) for k in KINDS])
+@pytest.mark.parametrize("kind", KINDS)
 def test_tool_call_round_trip(gw: ServedGateway, up: MockUpstream, kind: str, mode: str) -> None:
     messages = QUESTION
     reply = call(
@@ -364,6 +353,9 @@ def test_tool_call_round_trip(gw: ServedGateway, up: MockUpstream, kind: str, mo
 def assert_tool_protocol(kind: str, sent: list[Any], call_id: str) -> None:
     """The tool definition, the call and its result, each in the upstream's own protocol."""
     offered, answered = sent[0].body, sent[1].body
+    if kind == "gigachat":
+        assert_gigachat_function_protocol(offered, answered, call_id)
+        return
     if kind == "anthropic":
         assert offered["tools"] == [
             {"name": "get_weather", "description": "Weather", "input_schema": WEATHER}
@@ -394,8 +386,25 @@ def assert_tool_protocol(kind: str, sent: list[Any], call_id: str) -> None:
         assert json.loads(function["arguments"]) == {"city": "Paris"}
 
 
+def assert_gigachat_function_protocol(offered: Any, answered: Any, call_id: str) -> None:
+    """GigaChat's functions: the call's arguments an object, its functions_state_id (carried in
+    the tool call id) sent back, the result a JSON object naming the function."""
+    assert "tools" not in offered and offered["function_call"] == "auto"
+    assert offered["functions"] == [
+        {"name": "get_weather", "description": "Weather", "parameters": WEATHER}
+    ]
+    assistant, result = answered["messages"][-2:]
+    assert assistant == {
+        "role": "assistant",
+        "content": "",
+        "function_call": {"name": "get_weather", "arguments": {"city": "Paris"}},
+        "functions_state_id": call_id.removeprefix("call_"),
+    }
+    assert result == {"role": "function", "name": "get_weather", "content": '{"result": "sunny"}'}
+
+
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kind", [gigachat_xfail(k, GIGACHAT_NO_TOOLS) for k in KINDS])
+@pytest.mark.parametrize("kind", KINDS)
 def test_streamed_tool_call_accumulates_to_valid_json(
     gw: ServedGateway, kind: str, mode: str
 ) -> None:

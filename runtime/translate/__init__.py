@@ -1,4 +1,4 @@
-"""Pure protocol translation between the OpenAI, Anthropic and Ollama HTTP APIs.
+"""Pure protocol translation between the OpenAI, Anthropic, Ollama and GigaChat HTTP APIs.
 
 Everything here works on JSON-decoded bodies (plain dicts) and never does I/O:
 
@@ -7,6 +7,7 @@ Everything here works on JSON-decoded bodies (plain dicts) and never does I/O:
 - `runtime.translate.anthropic_stream`: the streaming translators, also importable from
   `runtime.translate.anthropic`.
 - `runtime.translate.ollama`: OpenAI chat/completions/embeddings <-> Ollama's native API.
+- `runtime.translate.gigachat`: OpenAI chat/embeddings <-> GigaChat (functions, not tools).
 - `runtime.translate.errors`: error bodies of each API and converters between them.
 - `runtime.translate.common`: helpers shared by the above (data URLs, tool arguments, chunks).
 
