@@ -160,8 +160,11 @@ def supervise(config_path: str, *, binds: Sequence[str] | None, workers: int, wa
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signum)
 
-    # NOTE: handlers first: a stop that arrives while workers start must reach all of them
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    # NOTE: stop handlers first: a stop that arrives while workers start must reach all of them.
+    # SIGHUP stays ignored until every worker is spawned: a handled signal is reset to its
+    # default (terminate) in an exec'd child, an ignored one stays ignored until the worker's
+    # own loop handles it.
+    for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
     started = []
     for process in processes:
@@ -169,6 +172,7 @@ def supervise(config_path: str, *, binds: Sequence[str] | None, workers: int, wa
             break
         process.start()
         started.append(process)
+    signal.signal(signal.SIGHUP, forward)
     if stopping:  # NOTE: a worker whose start raced the signal may not have received it
         forward(signal.SIGTERM, None)
     codes = []
