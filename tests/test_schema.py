@@ -1,8 +1,8 @@
 """The JSON Schema of the config language (schemas/interlock.schema.json).
 
 It must be a valid Draft 2020-12 schema, reject unknown keys everywhere, explain every property,
-accept every example in the README's config section and examples/, and reject broken documents with the
-expected keyword at the expected JSON path (the compiler turns these into `schema.<keyword>`).
+accept every example in the README's config section and examples/, and reject broken documents
+with the expected keyword at the expected JSON path (the compiler reports `schema.<keyword>`).
 """
 
 from __future__ import annotations
