@@ -17,7 +17,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+import aiohttp
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from compiler.table import CompiledUpstream, Timeouts, TlsSettings
 
@@ -75,22 +77,54 @@ def _ssl_context(tls: TlsSettings) -> ssl.SSLContext | bool:
 
 
 def make_client(upstream: CompiledUpstream) -> httpx.AsyncClient:
+    """An httpx client over aiohttp's connection pool for one upstream.
+
+    PERF: httpx's own transport (httpcore over anyio) measured ~0.83 ms per request at c=1 and
+    ~4 ms of CPU per request at c=32 against a local mock; the aiohttp-backed transport 0.32 ms
+    and 0.32 ms (bench/clients.py). We keep httpx's API and swap the transport.
+    """
     timeouts = upstream.timeouts
     pool = upstream.pool
+    limits = httpx.Limits(
+        max_connections=pool.max_connections,
+        max_keepalive_connections=pool.max_keepalive,
+        keepalive_expiry=pool.keepalive_expiry_s,
+    )
     return httpx.AsyncClient(
         base_url=upstream.base_url,
         timeout=httpx.Timeout(
             connect=timeouts.connect_s, read=timeouts.read_s, write=timeouts.read_s, pool=None
         ),
-        limits=httpx.Limits(
-            max_connections=pool.max_connections,
-            max_keepalive_connections=pool.max_keepalive,
-            keepalive_expiry=pool.keepalive_expiry_s,
+        transport=AiohttpTransport(
+            verify=_ssl_context(upstream.tls), limits=limits, trust_env=False
         ),
-        verify=_ssl_context(upstream.tls),
         follow_redirects=False,
         trust_env=False,
     )
+
+
+def _failure(exc: httpx.HTTPError, phase: str, timeouts: Timeouts) -> UpstreamFailure:
+    """The failure class of a transport error. httpx-aiohttp maps every aiohttp connection
+    error (a mid-stream disconnect too) to `httpx.ConnectTimeout`, so the aiohttp error behind
+    it (`__cause__`) decides first."""
+    cause = exc.__cause__
+    name = type(cause or exc).__name__
+    if isinstance(cause, aiohttp.ConnectionTimeoutError) or (
+        cause is None and isinstance(exc, httpx.ConnectTimeout)
+    ):
+        # NOTE: nothing was sent, so this is class `connect` (safe to retry, `fallback.on:
+        # [connect]`), as `runtime.resilience.classify_exception` has it; it still answers 504.
+        message = f"cannot connect to upstream: no connection within {timeouts.connect_s:g} s"
+        return UpstreamFailure("connect", message, timed_out=True)
+    if isinstance(cause, aiohttp.ClientConnectorError) or (
+        cause is None and isinstance(exc, httpx.ConnectError)
+    ):
+        return UpstreamFailure("connect", f"cannot connect to upstream: {name}")
+    if isinstance(cause, aiohttp.ServerTimeoutError) or (
+        cause is None and isinstance(exc, httpx.TimeoutException)
+    ):
+        return UpstreamFailure("timeout", f"upstream timed out ({phase}): {name}")
+    return UpstreamFailure("bad_response", f"upstream {phase} broke: {name}")
 
 
 class UpstreamPool:
@@ -199,42 +233,33 @@ async def _send(
             response = await client.send(request, stream=True)
     except TimeoutError:
         raise UpstreamFailure("timeout", "upstream did not answer in time (first byte)") from None
-    except httpx.ConnectTimeout:
-        # NOTE: nothing was sent, so this is class `connect` (safe to retry, `fallback.on:
-        # [connect]`), as `runtime.resilience.classify_exception` has it; it still answers 504.
-        message = f"cannot connect to upstream: no connection within {timeouts.connect_s:g} s"
-        raise UpstreamFailure("connect", message, timed_out=True) from None
-    except httpx.TimeoutException as exc:
-        raise UpstreamFailure("timeout", f"upstream timed out: {type(exc).__name__}") from None
-    except httpx.ConnectError as exc:
-        raise UpstreamFailure("connect", f"cannot connect to upstream: {exc}") from None
     except httpx.HTTPError as exc:
-        raise UpstreamFailure("bad_response", f"upstream error: {type(exc).__name__}") from None
+        raise _failure(exc, "request", timeouts) from None
     response_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw]
     if stream and response.status_code < 300:
         deadline = started + timeouts.total_s
         return Reply(
             response.status_code,
             response_headers,
-            chunks=_chunks(response, deadline),
+            chunks=_chunks(response, deadline, timeouts),
             aclose=response.aclose,
         )
     try:
         remaining = max(timeouts.total_s - (time.monotonic() - started), 0.001)
         async with asyncio.timeout(remaining):
             data = await response.aread()
-    except (TimeoutError, httpx.TimeoutException):
+    except TimeoutError:
         raise UpstreamFailure("timeout", "upstream response body timed out") from None
     except httpx.HTTPError as exc:
-        raise UpstreamFailure(
-            "bad_response", f"upstream body error: {type(exc).__name__}"
-        ) from None
+        raise _failure(exc, "body", timeouts) from None
     finally:
         await response.aclose()
     return Reply(response.status_code, response_headers, body=data)
 
 
-async def _chunks(response: httpx.Response, deadline: float) -> AsyncIterator[bytes]:
+async def _chunks(
+    response: httpx.Response, deadline: float, timeouts: Timeouts
+) -> AsyncIterator[bytes]:
     """The raw body of a streamed response; raises `UpstreamFailure` when it breaks off or
     outlives the total timeout. NOTE: the timeout wraps each read, never a `yield`."""
     chunks = response.aiter_raw().__aiter__()
@@ -247,9 +272,8 @@ async def _chunks(response: httpx.Response, deadline: float) -> AsyncIterator[by
                 chunk = await chunks.__anext__()
         except StopAsyncIteration:
             return
-        except (TimeoutError, httpx.TimeoutException):
+        except TimeoutError:
             raise UpstreamFailure("timeout", "upstream stream timed out") from None
         except httpx.HTTPError as exc:
-            message = f"upstream stream broke: {type(exc).__name__}"
-            raise UpstreamFailure("bad_response", message) from None
+            raise _failure(exc, "stream", timeouts) from None
         yield chunk
