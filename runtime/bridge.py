@@ -12,7 +12,6 @@ bytes into the client's stream bytes::
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -30,7 +29,7 @@ from runtime.translate.anthropic_stream import (
     AnthropicToOpenAIStream,
     OpenAIToAnthropicStream,
 )
-from runtime.translate.common import new_id
+from runtime.translate.common import new_id, now
 from runtime.translate.errors import to_anthropic_error, to_openai_error
 from runtime.upstream import UpstreamFailure
 
@@ -282,7 +281,7 @@ def _chunk_translator(
             self.inner = factory(
                 model,
                 include_usage=include_usage,
-                created=int(time.time()),
+                created=now(),
                 chunk_id=new_id("chatcmpl-"),
             )
 
@@ -296,18 +295,6 @@ def _chunk_translator(
     return Wrapped
 
 
-def _ollama_to_anthropic(model: str, include_usage: bool) -> Translator:
-    return _Chain(_ollama_chat(model, True), _OpenAIToAnthropicEvents(model, True))
-
-
-def _gigachat_to_anthropic(model: str, include_usage: bool) -> Translator:
-    return _Chain(_gigachat_chat(model, True), _OpenAIToAnthropicEvents(model, True))
-
-
-_ollama_chat = _chunk_translator(tr_ollama.OllamaToOpenAIStream, named=False)
-_gigachat_chat = _chunk_translator(tr_gigachat.GigaChatToOpenAIStream, named=False)
-
-
 def _compose(*steps: Callable[[Body], Body]) -> Callable[[Body], Body]:
     def run(body: Body) -> Body:
         for step in steps:
@@ -317,11 +304,46 @@ def _compose(*steps: Callable[[Body], Body]) -> Callable[[Body], Body]:
     return run
 
 
+def _anthropic_over(chat: Bridge) -> Bridge:
+    """The ``anthropic.messages`` bridge over `chat`, an ``openai.chat`` bridge that translates:
+    requests go Anthropic -> OpenAI -> upstream, responses and streams come back the same way."""
+    to_upstream, from_upstream, to_openai = chat.request, chat.response, chat.translator
+    if to_upstream is None or from_upstream is None or to_openai is None:
+        raise ValueError("only a translating openai.chat bridge can carry anthropic.messages")
+
+    def translator(model: str, include_usage: bool) -> Translator:
+        # NOTE: the Anthropic stream always reports usage, so always ask the upstream for it.
+        return _Chain(to_openai(model, True), _OpenAIToAnthropicEvents(model, True))
+
+    return Bridge(
+        chat.path,
+        chat.framing,
+        request=_compose(tr_anthropic.anthropic_to_openai_chat, to_upstream),
+        response=_compose(from_upstream, tr_anthropic.openai_response_to_anthropic),
+        translator=translator,
+    )
+
+
 _SAME_OPENAI = {
     "openai.chat": "/chat/completions",
     "openai.completions": "/completions",
     "openai.embeddings": "/embeddings",
 }
+
+_OLLAMA_CHAT = Bridge(
+    "/api/chat",
+    "ndjson",
+    request=tr_ollama.openai_chat_to_ollama,
+    response=tr_ollama.ollama_chat_to_openai,
+    translator=_chunk_translator(tr_ollama.OllamaToOpenAIStream, named=False),
+)
+_GIGACHAT_CHAT = Bridge(
+    "/chat/completions",
+    "sse",
+    request=tr_gigachat.openai_chat_to_gigachat,
+    response=tr_gigachat.gigachat_to_openai_chat,
+    translator=_chunk_translator(tr_gigachat.GigaChatToOpenAIStream, named=False),
+)
 
 _BRIDGES: Mapping[tuple[str, str], Bridge] = {
     **{(api, "openai"): Bridge(path, "sse") for api, path in _SAME_OPENAI.items()},
@@ -349,13 +371,7 @@ _BRIDGES: Mapping[tuple[str, str], Bridge] = {
         translator=_OpenAIToAnthropicEvents,
         stream_usage=True,
     ),
-    ("openai.chat", "ollama"): Bridge(
-        "/api/chat",
-        "ndjson",
-        request=tr_ollama.openai_chat_to_ollama,
-        response=tr_ollama.ollama_chat_to_openai,
-        translator=_ollama_chat,
-    ),
+    ("openai.chat", "ollama"): _OLLAMA_CHAT,
     ("openai.completions", "ollama"): Bridge(
         "/api/generate",
         "ndjson",
@@ -369,40 +385,16 @@ _BRIDGES: Mapping[tuple[str, str], Bridge] = {
         request=tr_ollama.embeddings_to_ollama,
         response=tr_ollama.ollama_embed_to_openai,
     ),
-    ("anthropic.messages", "ollama"): Bridge(
-        "/api/chat",
-        "ndjson",
-        request=_compose(tr_anthropic.anthropic_to_openai_chat, tr_ollama.openai_chat_to_ollama),
-        response=_compose(
-            tr_ollama.ollama_chat_to_openai, tr_anthropic.openai_response_to_anthropic
-        ),
-        translator=_ollama_to_anthropic,
-    ),
+    ("anthropic.messages", "ollama"): _anthropic_over(_OLLAMA_CHAT),
     # NOTE: GigaChat has no legacy completions endpoint: openai.completions is a 400.
-    ("openai.chat", "gigachat"): Bridge(
-        "/chat/completions",
-        "sse",
-        request=tr_gigachat.openai_chat_to_gigachat,
-        response=tr_gigachat.gigachat_to_openai_chat,
-        translator=_gigachat_chat,
-    ),
+    ("openai.chat", "gigachat"): _GIGACHAT_CHAT,
     ("openai.embeddings", "gigachat"): Bridge(
         "/embeddings",
         "sse",
         request=tr_gigachat.embeddings_to_gigachat,
         response=tr_gigachat.gigachat_embed_to_openai,
     ),
-    ("anthropic.messages", "gigachat"): Bridge(
-        "/chat/completions",
-        "sse",
-        request=_compose(
-            tr_anthropic.anthropic_to_openai_chat, tr_gigachat.openai_chat_to_gigachat
-        ),
-        response=_compose(
-            tr_gigachat.gigachat_to_openai_chat, tr_anthropic.openai_response_to_anthropic
-        ),
-        translator=_gigachat_to_anthropic,
-    ),
+    ("anthropic.messages", "gigachat"): _anthropic_over(_GIGACHAT_CHAT),
 }
 
 

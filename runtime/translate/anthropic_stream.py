@@ -26,7 +26,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from runtime.translate.common import chat_chunk, usage_chunk
+from runtime.translate.common import OpenAIChunkStream
 from runtime.translate.errors import to_anthropic_error, to_openai_error
 
 __all__ = [
@@ -119,7 +119,7 @@ def anthropic_usage(usage: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-class AnthropicToOpenAIStream:
+class AnthropicToOpenAIStream(OpenAIChunkStream):
     """Anthropic SSE events (name, decoded data) -> OpenAI ``chat.completion.chunk`` objects.
 
     The finish_reason rides on the last chunk that has choices (a chunk with an empty delta, as
@@ -132,13 +132,7 @@ class AnthropicToOpenAIStream:
     """
 
     __slots__ = (
-        "_chunk_id",
-        "_created",
-        "_done",
         "_finish_sent",
-        "_include_usage",
-        "_model",
-        "_started",
         "_stop_reason",
         "_tool_by_block",
         "_tool_count",
@@ -147,12 +141,7 @@ class AnthropicToOpenAIStream:
     )
 
     def __init__(self, model: str, *, include_usage: bool, created: int, chunk_id: str) -> None:
-        self._model = model
-        self._include_usage = include_usage
-        self._created = created
-        self._chunk_id = chunk_id
-        self._started = False
-        self._done = False
+        super().__init__(model, include_usage=include_usage, created=created, chunk_id=chunk_id)
         self._finish_sent = False
         self._usage_sent = False
         self._stop_reason: str | None = None
@@ -180,7 +169,7 @@ class AnthropicToOpenAIStream:
             out = self._start()
             if not self._finish_sent:
                 out.append(self._finish_chunk())
-            out.extend(self._usage_chunk())
+            out.extend(self._owed_usage())
             return out
         if kind == "error":
             self._done = True
@@ -192,7 +181,7 @@ class AnthropicToOpenAIStream:
         if self._done:
             return []
         self._done = True
-        return self._usage_chunk() if self._finish_sent else []
+        return self._owed_usage() if self._finish_sent else []
 
     def _on_delta(self, data: Mapping[str, Any]) -> list[dict[str, Any]]:
         delta = data.get("delta") or {}
@@ -240,32 +229,15 @@ class AnthropicToOpenAIStream:
             return []
         return [*self._start(), self._finish_chunk()]
 
-    def _start(self) -> list[dict[str, Any]]:
-        if self._started:
-            return []
-        self._started = True
-        return [self._chunk({"role": "assistant", "content": ""})]
-
     def _finish_chunk(self) -> dict[str, Any]:
         self._finish_sent = True
         return self._chunk({}, openai_finish_reason(self._stop_reason))
 
-    def _usage_chunk(self) -> list[dict[str, Any]]:
+    def _owed_usage(self) -> list[dict[str, Any]]:
         if not self._include_usage or self._usage_sent:
             return []
         self._usage_sent = True
-        usage = anthropic_usage_to_openai(self._usage)
-        return [usage_chunk(self._chunk_id, self._created, self._model, usage)]
-
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        return chat_chunk(
-            self._chunk_id,
-            self._created,
-            self._model,
-            delta,
-            finish_reason,
-            include_usage=self._include_usage,
-        )
+        return [self._usage_chunk(anthropic_usage_to_openai(self._usage))]
 
 
 class AnthropicToCompletionsStream:

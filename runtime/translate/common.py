@@ -1,4 +1,5 @@
-"""Small helpers shared by the translators: data URLs, tool arguments, text of content, ids.
+"""Small helpers shared by the translators: data URLs, tool arguments, text of content, ids, and
+`OpenAIChunkStream`, the base of the stream translators that emit OpenAI chunks.
 
 All functions take and return plain JSON values. Example::
 
@@ -19,6 +20,7 @@ from urllib.parse import unquote_to_bytes
 from runtime.translate import TranslationError
 
 __all__ = [
+    "OpenAIChunkStream",
     "chat_chunk",
     "dump_arguments",
     "new_id",
@@ -166,3 +168,51 @@ def usage_chunk(
         "choices": [],
         "usage": usage,
     }
+
+
+class OpenAIChunkStream:
+    """What the stream translators that emit OpenAI chunks share: the fields every chunk repeats
+    (id, created, model), whether the client asked for usage, and whether the stream has started
+    (role chunk sent) or is done (nothing more is sent).
+
+    A subclass adds ``feed``; `finish` owes nothing unless overridden. Example:
+    ``OpenAIChunkStream("m", include_usage=False, created=0, chunk_id="c1")._start()`` ->
+    ``[{"id": "c1", ..., "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+    "logprobs": None, "finish_reason": None}]}]``, and ``[]`` when called again.
+    """
+
+    __slots__ = ("_chunk_id", "_created", "_done", "_include_usage", "_model", "_started")
+
+    def __init__(self, model: str, *, include_usage: bool, created: int, chunk_id: str) -> None:
+        self._model = model
+        self._include_usage = include_usage
+        self._created = created
+        self._chunk_id = chunk_id
+        self._started = False
+        self._done = False
+
+    def finish(self) -> list[dict[str, Any]]:
+        """End of the upstream stream; nothing more is owed."""
+        self._done = True
+        return []
+
+    def _start(self) -> list[dict[str, Any]]:
+        if self._started:
+            return []
+        self._started = True
+        return [self._chunk({"role": "assistant", "content": ""})]
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return chat_chunk(
+            self._chunk_id,
+            self._created,
+            self._model,
+            delta,
+            finish_reason,
+            include_usage=self._include_usage,
+        )
+
+    def _usage_chunk(
+        self, usage: dict[str, Any], *, object: str = "chat.completion.chunk"
+    ) -> dict[str, Any]:
+        return usage_chunk(self._chunk_id, self._created, self._model, usage, object=object)

@@ -45,13 +45,12 @@ from typing import Any
 
 from runtime.translate import TranslationError
 from runtime.translate.common import (
-    chat_chunk,
+    OpenAIChunkStream,
     dump_arguments,
     new_id,
     now,
     parse_arguments,
     text_of,
-    usage_chunk,
 )
 from runtime.translate.errors import to_openai_error
 
@@ -434,7 +433,7 @@ def _usage(usage: object) -> dict[str, Any]:
 # --- streams --------------------------------------------------------------------------------
 
 
-class GigaChatToOpenAIStream:
+class GigaChatToOpenAIStream(OpenAIChunkStream):
     """Decoded GigaChat SSE chunks -> OpenAI ``chat.completion.chunk`` objects.
 
     GigaChat sends a call whole, in one delta: it becomes one tool_calls delta (index 0, the id,
@@ -447,27 +446,11 @@ class GigaChatToOpenAIStream:
     -> ``[<role chunk>, <chunk with delta {"content": "Hi"}>]``.
     """
 
-    __slots__ = (
-        "_called",
-        "_chunk_id",
-        "_created",
-        "_done",
-        "_finished",
-        "_include_usage",
-        "_model",
-        "_started",
-        "_state_id",
-        "_usage",
-    )
+    __slots__ = ("_called", "_finished", "_state_id", "_usage")
 
     def __init__(self, model: str, *, include_usage: bool, created: int, chunk_id: str) -> None:
-        self._model = model
-        self._include_usage = include_usage
-        self._created = created
-        self._chunk_id = chunk_id
-        self._started = False
+        super().__init__(model, include_usage=include_usage, created=created, chunk_id=chunk_id)
         self._finished = False
-        self._done = False
         self._called = False
         self._state_id: object = None
         self._usage: Mapping[str, Any] | None = None
@@ -496,7 +479,7 @@ class GigaChatToOpenAIStream:
         self._done = True
         if not (self._include_usage and self._finished and self._usage is not None):
             return []
-        return [usage_chunk(self._chunk_id, self._created, self._model, _usage(self._usage))]
+        return [self._usage_chunk(_usage(self._usage))]
 
     def _choice(self, choice: Mapping[str, Any]) -> list[dict[str, Any]]:
         if self._finished:
@@ -518,19 +501,3 @@ class GigaChatToOpenAIStream:
             self._finished = True
             out.append(self._chunk({}, _finish_reason(reason, called=self._called)))
         return out
-
-    def _start(self) -> list[dict[str, Any]]:
-        if self._started:
-            return []
-        self._started = True
-        return [self._chunk({"role": "assistant", "content": ""})]
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return chat_chunk(
-            self._chunk_id,
-            self._created,
-            self._model,
-            delta,
-            finish,
-            include_usage=self._include_usage,
-        )

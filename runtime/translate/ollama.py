@@ -30,14 +30,13 @@ from typing import Any
 
 from runtime.translate import TranslationError
 from runtime.translate.common import (
-    chat_chunk,
+    OpenAIChunkStream,
     new_id,
     now,
     parse_arguments,
     parse_data_url,
     single_prompt,
     text_of,
-    usage_chunk,
 )
 from runtime.translate.errors import to_openai_error
 
@@ -331,7 +330,7 @@ def _usage(resp: Mapping[str, Any]) -> dict[str, Any]:
 # --- streams --------------------------------------------------------------------------------
 
 
-class OllamaToOpenAIStream:
+class OllamaToOpenAIStream(OpenAIChunkStream):
     """Decoded ``/api/chat`` NDJSON lines -> OpenAI ``chat.completion.chunk`` objects.
 
     Ollama sends each tool call whole, so each becomes one tool_calls delta with its full
@@ -343,15 +342,10 @@ class OllamaToOpenAIStream:
     ``[<role chunk>, <chunk with delta {"content": "Hi"}>]``.
     """
 
-    __slots__ = ("_chunk_id", "_created", "_done", "_include_usage", "_model", "_started", "_tools")
+    __slots__ = ("_tools",)
 
     def __init__(self, model: str, *, include_usage: bool, created: int, chunk_id: str) -> None:
-        self._model = model
-        self._include_usage = include_usage
-        self._created = created
-        self._chunk_id = chunk_id
-        self._started = False
-        self._done = False
+        super().__init__(model, include_usage=include_usage, created=created, chunk_id=chunk_id)
         self._tools = 0
 
     def feed(self, line: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -375,47 +369,22 @@ class OllamaToOpenAIStream:
             finish = "tool_calls" if self._tools else _finish_reason(line.get("done_reason"))
             out.append(self._chunk({}, finish))
             if self._include_usage:
-                out.append(usage_chunk(self._chunk_id, self._created, self._model, _usage(line)))
+                out.append(self._usage_chunk(_usage(line)))
         return out
 
-    def finish(self) -> list[dict[str, Any]]:
-        """End of the upstream stream; nothing more is owed."""
-        self._done = True
-        return []
 
-    def _start(self) -> list[dict[str, Any]]:
-        if self._started:
-            return []
-        self._started = True
-        return [self._chunk({"role": "assistant", "content": ""})]
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return chat_chunk(
-            self._chunk_id,
-            self._created,
-            self._model,
-            delta,
-            finish,
-            include_usage=self._include_usage,
-        )
-
-
-class OllamaToCompletionsStream:
+class OllamaToCompletionsStream(OpenAIChunkStream):
     """Decoded ``/api/generate`` NDJSON lines -> legacy OpenAI ``text_completion`` chunks.
+
+    Text chunks are built here (no role chunk, no ``usage`` key); only the usage chunk comes
+    from `OpenAIChunkStream`.
 
     Example: ``feed({"response": "Hi", "done": False})`` -> ``[{"id": ..., "object":
     "text_completion", ..., "choices": [{"text": "Hi", "index": 0, "logprobs": None,
     "finish_reason": None}]}]``.
     """
 
-    __slots__ = ("_chunk_id", "_created", "_done", "_include_usage", "_model")
-
-    def __init__(self, model: str, *, include_usage: bool, created: int, chunk_id: str) -> None:
-        self._model = model
-        self._include_usage = include_usage
-        self._created = created
-        self._chunk_id = chunk_id
-        self._done = False
+    __slots__ = ()
 
     def feed(self, line: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Translate one decoded NDJSON line."""
@@ -427,24 +396,15 @@ class OllamaToCompletionsStream:
         out: list[dict[str, Any]] = []
         text = line.get("response")
         if isinstance(text, str) and text:
-            out.append(self._chunk(text, None))
+            out.append(self._text_chunk(text, None))
         if line.get("done"):
             self._done = True
-            out.append(self._chunk("", _finish_reason(line.get("done_reason"))))
+            out.append(self._text_chunk("", _finish_reason(line.get("done_reason"))))
             if self._include_usage:
-                usage = _usage(line)
-                chunk = usage_chunk(
-                    self._chunk_id, self._created, self._model, usage, object="text_completion"
-                )
-                out.append(chunk)
+                out.append(self._usage_chunk(_usage(line), object="text_completion"))
         return out
 
-    def finish(self) -> list[dict[str, Any]]:
-        """End of the upstream stream; nothing more is owed."""
-        self._done = True
-        return []
-
-    def _chunk(self, text: str, finish: str | None) -> dict[str, Any]:
+    def _text_chunk(self, text: str, finish: str | None) -> dict[str, Any]:
         return {
             "id": self._chunk_id,
             "object": "text_completion",
