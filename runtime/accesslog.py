@@ -30,6 +30,7 @@ class AccessLog:
     def __init__(self) -> None:
         self._lines: list[bytes] = []
         self._task: asyncio.Task[None] | None = None
+        self._destination = "stderr"  # stderr | stdout | a file path (appended to)
 
     def record(
         self,
@@ -43,6 +44,9 @@ class AccessLog:
         settings = snap.table.observability
         if not settings.access_log:
             return
+        if settings.log_destination != self._destination:
+            self.flush()  # NOTE: lines go where the table they were logged under says
+            self._destination = settings.log_destination
         elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
         if settings.log_format == "json":
             line = _encode(
@@ -84,4 +88,9 @@ class AccessLog:
         data = b"\n".join(self._lines) + b"\n"
         self._lines.clear()
         with contextlib.suppress(OSError):
-            os.write(sys.stderr.fileno(), data)
+            if self._destination in ("stderr", "stdout"):
+                stream = sys.stderr if self._destination == "stderr" else sys.stdout
+                os.write(stream.fileno(), data)
+            else:
+                with open(self._destination, "ab") as file:
+                    file.write(data)
