@@ -288,29 +288,24 @@ def _check_path(path: Any, suffix: str, at: SpanAt) -> tuple[JsonPathPlan | None
 
 def apply_request_steps(steps: Sequence[Step], body: Body, api: str) -> bool:
     """Run `steps` on a decoded request body of `api` in place; True when anything changed."""
-    text = request_text(api)
-    changed = False
-    for step in steps:
-        changed = step.apply(body, text) or changed
-    return changed
+    return _apply(steps, body, request_text(api), stream_only=False)
 
 
 def apply_response_steps(steps: Sequence[Step], body: Body, api: str) -> bool:
     """Run `steps` on a decoded (non-streamed) response body of `api` in place."""
-    text = response_text(api)
-    changed = False
-    for step in steps:
-        changed = step.apply(body, text) or changed
-    return changed
+    return _apply(steps, body, response_text(api), stream_only=False)
 
 
 def apply_stream_steps(steps: Sequence[Step], event: Body, api: str) -> bool:
     """Run the `stream_safe` steps on one decoded stream chunk (OpenAI) or event (Anthropic)."""
-    text = stream_text(api)
+    return _apply(steps, event, stream_text(api), stream_only=True)
+
+
+def _apply(steps: Sequence[Step], body: Body, text: TextRewriter, *, stream_only: bool) -> bool:
     changed = False
     for step in steps:
-        if step.stream_safe:
-            changed = step.apply(event, text) or changed
+        if step.stream_safe or not stream_only:
+            changed = step.apply(body, text) or changed
     return changed
 
 
