@@ -7,6 +7,7 @@ and key ring built. Built off the hot path when a table is loaded; requests only
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -104,8 +105,6 @@ def _oauth_credentials(upstream: CompiledUpstream) -> str | None:
     what = f"upstream '{upstream.name}' oauth"
     if oauth.credentials is not None:
         return resolve_secret(oauth.credentials, what)
-    import base64
-
     secret = resolve_secret(oauth.client_secret, what) if oauth.client_secret else ""
     return base64.b64encode(f"{oauth.client_id}:{secret}".encode()).decode()
 
