@@ -216,3 +216,20 @@ class OpenAIChunkStream:
         self, usage: dict[str, Any], *, object: str = "chat.completion.chunk"
     ) -> dict[str, Any]:
         return usage_chunk(self._chunk_id, self._created, self._model, usage, object=object)
+
+
+def text_embedding_request(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``model`` and ``input`` of an OpenAI embeddings body whose input is text (a string or
+    a list of strings); token-id input cannot be sent to a text-only API and raises
+    `TranslationError`. ``{"model": "e", "input": ["a"], "user": "u"}`` ->
+    ``{"model": "e", "input": ["a"]}``.
+    """
+    value = body.get("input")
+    texts = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if not (isinstance(value, str) or texts):
+        raise TranslationError("input must be a string or a list of strings", param="input")
+    out: dict[str, Any] = {}
+    if "model" in body:
+        out["model"] = body["model"]
+    out["input"] = value
+    return out

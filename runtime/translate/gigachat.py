@@ -50,6 +50,7 @@ from runtime.translate.common import (
     new_id,
     now,
     parse_arguments,
+    text_embedding_request,
     text_of,
 )
 from runtime.translate.errors import to_openai_error
@@ -97,18 +98,8 @@ def embeddings_to_gigachat(body: Mapping[str, Any]) -> dict[str, Any]:
     ``{"model": "Embeddings", "input": "a", "encoding_format": "float"}`` -> ``{"model":
     "Embeddings", "input": "a"}``.
     """
-    value = body.get("input")
-    if not (isinstance(value, str) or (isinstance(value, list) and _all_str(value))):
-        raise TranslationError("input must be a string or a list of strings", param="input")
-    out: dict[str, Any] = {}
-    if "model" in body:
-        out["model"] = body["model"]
-    out["input"] = value
+    out = text_embedding_request(body)
     return out
-
-
-def _all_str(values: list[Any]) -> bool:
-    return all(isinstance(v, str) for v in values)
 
 
 def _messages_to_gigachat(messages: object) -> list[dict[str, Any]]:

@@ -36,6 +36,7 @@ from runtime.translate.common import (
     parse_arguments,
     parse_data_url,
     single_prompt,
+    text_embedding_request,
     text_of,
 )
 from runtime.translate.errors import to_openai_error
@@ -104,20 +105,10 @@ def embeddings_to_ollama(body: Mapping[str, Any]) -> dict[str, Any]:
     applied to the response by `ollama_embed_to_openai`; ``user`` is dropped. Example:
     ``{"model": "e", "input": ["a", "b"]}`` -> ``{"model": "e", "input": ["a", "b"]}``.
     """
-    value = body.get("input")
-    if not (isinstance(value, str) or (isinstance(value, list) and _all_str(value))):
-        raise TranslationError("input must be a string or a list of strings", param="input")
-    out: dict[str, Any] = {}
-    if "model" in body:
-        out["model"] = body["model"]
-    out["input"] = value
+    out = text_embedding_request(body)
     if body.get("dimensions") is not None:
         out["dimensions"] = body["dimensions"]
     return out
-
-
-def _all_str(values: list[Any]) -> bool:
-    return all(isinstance(v, str) for v in values)
 
 
 def _messages_to_ollama(messages: object) -> list[dict[str, Any]]:
