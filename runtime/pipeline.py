@@ -286,7 +286,7 @@ class _Call:
                 body = bridge.request(body)
             except TranslationError as exc:
                 raise GatewayError(400, exc.message, param=exc.param) from None
-            if ctx.stream and upstream_is_openai(bridge):
+            if ctx.stream and bridge.stream_usage:  # the translator needs the upstream's usage
                 body["stream_options"] = {"include_usage": True}
         return _encode(body)
 
@@ -442,22 +442,13 @@ class _Call:
         if route_policies or upstream.policies:
             base = apply_header_policies(upstream.policies, base, "response")
             base = apply_header_policies(route_policies, base, "response")
-            owned = self._gateway_response_headers()
+            owned = self.snap.owned_response_headers
             return [(n, v) for n, v in base if n not in owned]
         return [
             (n, v)
             for n, v in base
             if n == "retry-after" or n.startswith(_DEFAULT_RESPONSE_PREFIXES)
         ]
-
-    def _gateway_response_headers(self) -> frozenset[str]:
-        """Headers the gateway itself sets on every response; an upstream's copy never passes."""
-        table = self.snap.table
-        names = table.server.response_headers
-        return frozenset(
-            {"content-type", "request-id", table.observability.request_id_header}
-            | {n for n in (names.route, names.upstream, names.model, names.version) if n}
-        )
 
     def _outcome(
         self,
@@ -478,11 +469,6 @@ class _Call:
 
 
 _SET_BY_GATEWAY = frozenset({"content-type", "accept-encoding", "content-length"})
-
-
-def upstream_is_openai(bridge: Bridge) -> bool:
-    # NOTE: not by path: GigaChat serves /chat/completions too but takes no stream_options.
-    return bridge.stream_usage
 
 
 async def _relay_stream(

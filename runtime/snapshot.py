@@ -56,6 +56,7 @@ class Snapshot:
     route_policies: tuple[tuple[HeaderPolicy, ...], ...]  # by route index, secrets resolved
     default_rules: HeaderRules
     keyring: KeyRing | None
+    owned_response_headers: frozenset[str]  # set by the gateway; an upstream's copy never passes
 
     @property
     def version(self) -> str:
@@ -129,4 +130,12 @@ def prepare_snapshot(table: RouteTable) -> Snapshot:
         ),
         default_rules=default_request_rules(table.observability.request_id_header),
         keyring=KeyRing(table.auth) if table.auth.keys or table.auth.required else None,
+        owned_response_headers=_owned_response_headers(table),
     )
+
+
+def _owned_response_headers(table: RouteTable) -> frozenset[str]:
+    names = table.server.response_headers
+    identity = (names.route, names.upstream, names.model, names.version)
+    fixed = {"content-type", "request-id", table.observability.request_id_header}
+    return frozenset(fixed | {name for name in identity if name})
