@@ -23,17 +23,17 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.test_reload import (
+from tests.process import (
     ADMIN,
     ADMIN_HASH,
     REPO,
     UPSTREAM_KEY_ENV,
     Interlock,
     admin_config,
-    chat,
     free_port,
     metric,
 )
+from tests.test_reload import chat
 from tests.upstreams import MockUpstream, SlowStream
 
 ADMIN_SECTION = f"""admin:
@@ -63,21 +63,6 @@ models:
   stream: {{targets: [{{upstream: slowchunks}}]}}
   wait: {{targets: [{{upstream: slowreply}}]}}
 {extra}{ADMIN_SECTION}"""
-
-
-@pytest.fixture
-def interlock(tmp_path: Path) -> Iterator[Callable[..., Interlock]]:
-    """``interlock(config_path, args=(...), env={...}, ready=True)`` -> a started server."""
-    started: list[Interlock] = []
-
-    def start(config: Path, *, ready: bool = True, **kwargs: Any) -> Interlock:
-        server = Interlock(config, tmp_path / f"interlock-{len(started)}.log", **kwargs)
-        started.append(server)
-        return server.wait_ready() if ready else server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def position(text: str, needle: str) -> tuple[int, int]:
