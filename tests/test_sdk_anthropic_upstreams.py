@@ -19,7 +19,7 @@ import pytest
 from anthropic.types import Message, MessageTokensCount, TextBlock, ToolUseBlock
 
 from tests.served import ServedGateway
-from tests.upstreams import GIGACHAT_CREDENTIALS, MockUpstream, Status
+from tests.upstreams import GIGACHAT_CREDENTIALS, MockUpstream, Status, stream_stopping_short
 
 CLIENT_KEY = "sk-ant-client-key-that-must-stay-at-the-gateway"
 UPSTREAM_KEYS = {
@@ -543,62 +543,6 @@ def test_anthropic_stop_sequence_passes_through(
     )
 
     assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "STOP")
-
-
-def stream_stopping_short(protocol: str) -> Status:
-    """A well-formed HTTP answer whose stream stops before its terminator (no ``[DONE]``,
-    ``message_stop`` or Ollama ``done`` line) after the text "half"."""
-    if protocol == "anthropic":
-        start = {
-            "type": "message_start",
-            "message": {
-                "id": "msg_1",
-                "type": "message",
-                "role": "assistant",
-                "model": "m",
-                "content": [],
-                "stop_reason": None,
-                "stop_sequence": None,
-                "usage": {"input_tokens": 3, "output_tokens": 1},
-            },
-        }
-        events = [
-            start,
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "text", "text": ""},
-            },
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "text_delta", "text": "half"},
-            },
-        ]
-        body = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
-        return Status(200, headers={"content-type": "text/event-stream"}, body=body)
-    if protocol == "ollama":
-        line = {
-            "model": "m",
-            "created_at": "2025-01-01T00:00:00Z",
-            "message": {"role": "assistant", "content": "half"},
-            "done": False,
-        }
-        return Status(
-            200, headers={"content-type": "application/x-ndjson"}, body=json.dumps(line) + "\n"
-        )
-    chunk = {
-        "id": "c1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [
-            {"index": 0, "delta": {"role": "assistant", "content": "half"}, "finish_reason": None}
-        ],
-    }
-    return Status(
-        200, headers={"content-type": "text/event-stream"}, body=f"data: {json.dumps(chunk)}\n\n"
-    )
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic", "ollama"])

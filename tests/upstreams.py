@@ -247,6 +247,62 @@ def _split_bytes(data: bytes, parts: int) -> tuple[bytes, ...]:
     return tuple(data[i : i + size] for i in range(0, len(data), size)) or (b"",)
 
 
+def stream_stopping_short(protocol: str) -> Status:
+    """A well-formed HTTP answer whose stream stops before its terminator (no ``[DONE]``,
+    ``message_stop`` or Ollama ``done`` line) after the text "half"."""
+    if protocol == "anthropic":
+        start: dict[str, Any] = {
+            "type": "message_start",
+            "message": {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "model": "m",
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 3, "output_tokens": 1},
+            },
+        }
+        events: list[dict[str, Any]] = [
+            start,
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": "half"},
+            },
+        ]
+        body = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
+        return Status(200, headers={"content-type": "text/event-stream"}, body=body)
+    if protocol == "ollama":
+        line = {
+            "model": "m",
+            "created_at": "2025-01-01T00:00:00Z",
+            "message": {"role": "assistant", "content": "half"},
+            "done": False,
+        }
+        return Status(
+            200, headers={"content-type": "application/x-ndjson"}, body=json.dumps(line) + "\n"
+        )
+    chunk = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": "half"}, "finish_reason": None}
+        ],
+    }
+    return Status(
+        200, headers={"content-type": "text/event-stream"}, body=f"data: {json.dumps(chunk)}\n\n"
+    )
+
+
 def example_arguments(schema: Any) -> dict[str, Any]:
     """Deterministic arguments valid for a JSON schema.
 
