@@ -159,6 +159,7 @@ def lower_config(doc: Document) -> tuple[RouteTable | None, list[Diagnostic]]:
     observability = _lower_observability(lw, data.get("observability") or {})
     server = _lower_server(data.get("server") or {})
     admin_spec = data.get("admin") or {}
+    warn_not_enforced(lw, data)
     if any(d.is_error for d in lw.diagnostics):
         return None, lw.diagnostics
     table = RouteTable(
@@ -175,7 +176,7 @@ def lower_config(doc: Document) -> tuple[RouteTable | None, list[Diagnostic]]:
         transforms=MappingProxyType(transforms),
         auth=auth,
         limits=limits,
-        usage=_lower_usage(lw, data.get("usage") or {}),
+        usage=_lower_usage(lw, data["usage"] or {}) if "usage" in data else None,
         cache=cache,
         observability=observability,
         admin=AdminSettings(admin_spec.get("enabled", False), admin_spec.get("key_hash")),
@@ -449,6 +450,31 @@ def _check_fallback_cycles(lw: Lowering, specs: dict[str, Any], names: Mapping[s
 
 
 # --- keys, limits, cache, usage, observability, server ------------------------------------
+
+# Sections the server validates but does not act on yet: each present one is a warning, so that
+# nobody believes they are protected by configuration that does nothing.
+_NOT_ENFORCED: tuple[tuple[PathKey, str], ...] = (
+    (("limits",), "limits (rate limits, concurrency, budgets)"),
+    (("cache",), "the response cache"),
+    (("auth", "store"), "managed keys (auth.store)"),
+    (("observability", "log_bodies"), "body logging (observability.log_bodies)"),
+    (("observability", "redact"), "log redaction (observability.redact)"),
+)
+
+
+def warn_not_enforced(lw: Lowering, data: dict[str, Any]) -> None:
+    for path, what in _NOT_ENFORCED:
+        node: Any = data
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None or node is False or node == {} or node == []:
+            continue
+        lw.warn(
+            "config.not_enforced",
+            f"{what} is validated but not enforced by this version of the server",
+            lw.doc.key_span(path),
+            hint="remove it, or know that it has no effect yet",
+        )
 
 
 def _lower_store(

@@ -153,6 +153,7 @@ class Pricing:
     input_per_mtok: float
     output_per_mtok: float
     currency: str = "USD"
+    cached_input_per_mtok: float | None = None  # None: cached input costs the input price
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,7 +394,7 @@ class RouteTable:
     transforms: Mapping[str, TransformPipeline]
     auth: AuthSettings
     limits: LimitSettings
-    usage: UsageSettings
+    usage: UsageSettings | None  # None: no ledger
     cache: CacheSettings
     observability: ObservabilitySettings
     admin: AdminSettings

@@ -3,12 +3,16 @@
 POST /admin/reload   reload now; the result (ok / rejected with diagnostics, changes)
 GET  /admin/config   live version, when it was loaded, source files, reload counters and
                      the last reload result with its diagnostics
+GET  /admin/usage    the usage ledger report: ?since=DAY&until=DAY&group_by=model,key
+                     (the rows of `interlock usage report --format json`)
 GET  /metrics        Prometheus text format (when `observability.metrics.enabled`)
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import datetime as dt
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import msgspec
 from starlette.requests import Request
@@ -19,6 +23,7 @@ from runtime.app import Gateway
 from runtime.auth import presented_key, verify_hash
 from runtime.errors import GatewayError, error_body
 from runtime.reload import Reloader, ReloadResult
+from runtime.state.ledger import GROUP_FIELDS
 
 _encode = msgspec.json.Encoder().encode
 Handler = Callable[[Request], Awaitable[Response]]
@@ -26,6 +31,27 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def _json(data: object, status: int = 200) -> Response:
     return Response(_encode(data), status, media_type="application/json")
+
+
+def _error(error: GatewayError) -> Response:
+    return Response(error_body("openai.chat", error), error.status, media_type="application/json")
+
+
+def usage_query(group_by: Sequence[str], params: Mapping[str, str]) -> dict[str, Any]:
+    """`since`, `until` and `group_by` of a usage query, checked (ValueError says what is wrong).
+    `group_by` may repeat or be comma-separated: ``["day,model"]`` -> ``["day", "model"]``."""
+    fields = [f for item in group_by for f in item.split(",") if f] or ["model"]
+    unknown = [f for f in fields if f not in GROUP_FIELDS]
+    if unknown:
+        raise ValueError(f"unknown group_by {unknown[0]!r}; use {', '.join(GROUP_FIELDS)}")
+    query: dict[str, Any] = {"group_by": list(dict.fromkeys(fields))}
+    for name in ("since", "until"):
+        value = params.get(name)
+        try:
+            query[name] = dt.date.fromisoformat(value).isoformat() if value else None
+        except ValueError:
+            raise ValueError(f"{name} must be a day (YYYY-MM-DD), not {value!r}") from None
+    return query
 
 
 def _guarded(gateway: Gateway, handler: Handler) -> Handler:
@@ -69,6 +95,21 @@ def admin_routes(gateway: Gateway, reloader: Reloader) -> list[Route]:
             }
         )
 
+    async def usage(request: Request) -> Response:
+        ledger = gateway.ledger
+        if ledger is None:
+            return _error(GatewayError(404, "the usage ledger is not enabled", code="not_found"))
+        try:
+            query = usage_query(request.query_params.getlist("group_by"), request.query_params)
+        except ValueError as exc:
+            return _error(GatewayError(400, str(exc), code="invalid_request"))
+        try:
+            rows = await ledger.report(**query)
+        except Exception as exc:  # NOTE: the store is down: say so, in the API's shape
+            message = f"the usage store cannot be read: {type(exc).__name__}"
+            return _error(GatewayError(503, message, code="store_unavailable"))
+        return _json(rows)
+
     async def metrics(request: Request) -> Response:
         gateway.metrics.in_flight.set(gateway.in_flight)
         if not gateway.snapshot.table.observability.metrics:
@@ -81,6 +122,7 @@ def admin_routes(gateway: Gateway, reloader: Reloader) -> list[Route]:
     return [
         Route("/admin/reload", _guarded(gateway, reload), methods=["POST"]),
         Route("/admin/config", _guarded(gateway, config), methods=["GET"]),
+        Route("/admin/usage", _guarded(gateway, usage), methods=["GET"]),
         *(Route(path, metrics, methods=["GET"]) for path in sorted(paths)),
     ]
 

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -26,10 +26,12 @@ from starlette.types import Message, Receive, Scope, Send
 
 from runtime.accesslog import AccessLog
 from runtime.errors import GatewayError, error_body, is_anthropic
+from runtime.metering import Trace, build_record
 from runtime.metrics import Metrics
 from runtime.pipeline import GatewayState, Outcome, run_pipeline
 from runtime.request import RequestContext
 from runtime.snapshot import Snapshot
+from runtime.state.ledger import Ledger
 
 _LOG = logging.getLogger("interlock")
 _MAX_HEADER_BYTES = 64 * 1024
@@ -60,12 +62,95 @@ class Gateway:
         self.metrics.set_version(snapshot.table.version)
         self.started = time.time()
         self.in_flight = 0
+        self.ledger: Ledger | None = None
+        self._ledger_target: tuple[str, str] | None = None
+        self._running = False
+        self._closing: set[asyncio.Task[None]] = set()
+        self._sync_ledger(snapshot)
+
+    async def start(self) -> None:
+        """Start the background work (the ledger writer); at ASGI lifespan startup."""
+        self._running = True
+        if self.ledger is not None:
+            self.ledger.start()
+
+    async def close(self) -> None:
+        """Flush the ledger; at lifespan shutdown, after in-flight requests have finished."""
+        self._running = False
+        if self.ledger is not None:
+            await self.ledger.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def _sync_ledger(self, snapshot: Snapshot) -> None:
+        """Keep the ledger while its store is unchanged; otherwise open the new one and let the
+        old one drain in the background."""
+        usage = snapshot.table.usage
+        if snapshot.ledger_target == self._ledger_target:
+            if self.ledger is not None and usage is not None:
+                self.ledger.retention_days = usage.retention_days
+            return
+        old = self.ledger
+        self._ledger_target = snapshot.ledger_target
+        self.ledger = None
+        if snapshot.ledger_target is not None and usage is not None:
+            from runtime.state.ledger_stores import open_ledger_store  # NOTE: drivers on demand
+
+            kind, where = snapshot.ledger_target
+            store = open_ledger_store(
+                kind,
+                path=where if kind == "sqlite" else None,
+                url=where if kind != "sqlite" else None,
+            )
+            self.ledger = Ledger(
+                store,
+                retention_days=usage.retention_days,
+                on_write=self.metrics.observe_ledger_write,
+            )
+            if self._running:
+                self.ledger.start()
+        self.metrics.ledger = self.ledger
+        if old is not None:
+            task = asyncio.get_running_loop().create_task(old.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def settle(
+        self,
+        snap: Snapshot,
+        ctx: RequestContext,
+        status: int,
+        error: str | None,
+        outcome: Outcome | None,
+        started: float,
+    ) -> None:
+        """Record a finished request in the ledger and the usage metrics (never raises)."""
+        ledger, trace, usage = self.ledger, ctx.trace, snap.table.usage
+        if ledger is None or trace is None or usage is None:
+            return
+        try:
+            record = build_record(
+                ctx,
+                trace,
+                status=status,
+                error=error,
+                answered=outcome is not None and outcome.status < 300,
+                started=started,
+                version=snap.version,
+                log_prompts=usage.log_prompts,
+            )
+        except Exception:  # NOTE: accounting must never fail a request
+            _LOG.exception("usage record for request %s failed", ctx.request_id)
+            return
+        ledger.record(record)
+        self.metrics.observe_usage(record)
 
     def swap(self, snapshot: Snapshot) -> None:
         """Publish `snapshot`: prepare pools first, then one reference assignment."""
         self.state.pool.prepare(list(snapshot.table.upstreams.values()))
         self.snapshot = snapshot
         self.metrics.set_version(snapshot.table.version)
+        self._sync_ledger(snapshot)
         live_targets = {t.state_id for m in snapshot.table.models.values() for t in m.targets}
         self.state.breakers.prune(live_targets)
         self.state.latency.prune(live_targets)
@@ -91,8 +176,10 @@ class ApiEndpoint:
         gateway.in_flight += 1
         outcome: Outcome | None = None
         status = 500
+        error: str | None = None
         cors: list[tuple[str, str]] = []
         guard: _DisconnectGuard | None = None
+        ctx: RequestContext | None = None
         try:
             try:
                 headers = _headers(scope)
@@ -109,10 +196,13 @@ class ApiEndpoint:
                 raw = await _read_body(receive, headers, snap.table.server.max_body_bytes)
                 ctx = RequestContext.parse(self.api, raw, headers, request_id)
                 ctx.api_key = api_key
+                if gateway.ledger is not None and snap.table.usage is not None:
+                    ctx.trace = Trace(keep_text=snap.table.usage.log_prompts)
                 guard = _DisconnectGuard(receive)
                 outcome = await run_pipeline(gateway.state, snap, ctx)
             except GatewayError as exc:
                 status = exc.status
+                error = exc.failure or exc.code or _error_class(exc.status)
                 await _drain_body(receive)
                 await _send_error(send, self.api, exc, snap, request_id, cors)
                 return
@@ -121,30 +211,37 @@ class ApiEndpoint:
             except Exception:  # NOTE: a bug of ours still answers in the caller's API shape
                 _LOG.exception("request %s failed", request_id)
                 status = 500
-                error = GatewayError(500, "internal error in Interlock", code="internal_error")
+                error = "internal_error"
+                internal = GatewayError(500, "internal error in Interlock", code="internal_error")
                 await _drain_body(receive)
-                await _send_error(send, self.api, error, snap, request_id, cors)
+                await _send_error(send, self.api, internal, snap, request_id, cors)
                 return
             status = outcome.status
+            if status >= 400:
+                error = _error_class(status)
             response_headers = outcome.headers + _identity(snap, outcome, request_id, self.api)
             if outcome.stream is None:
+                if ctx.trace is not None:
+                    ctx.trace.first_byte = time.perf_counter()
                 response_headers.append(("content-length", str(len(outcome.body))))
                 await _start(send, status, response_headers + cors)
                 await send({"type": "http.response.body", "body": outcome.body})
             else:
                 await _start(send, status, response_headers + cors)
-                await _pump(send, outcome)
+                await _pump(send, outcome, ctx.trace if ctx is not None else None)
         except ClientGone:
-            status = 499
+            status, error = 499, "client_gone"
         except asyncio.CancelledError:
             if guard is None or not guard.gone:
                 raise
-            status = 499  # NOTE: our own guard cancelled the request: the client went away
+            status, error = 499, "client_gone"  # NOTE: our guard cancelled: the client left
         finally:
             if guard is not None:
                 guard.finish()
             gateway.in_flight -= 1
             gateway.access_log.record(snap, self.api, request_id, status, outcome, started)
+            if ctx is not None and ctx.trace is not None:
+                gateway.settle(snap, ctx, status, error, outcome, started)
             gateway.metrics.observe(self.api, status, time.perf_counter() - started)
 
 
@@ -176,6 +273,10 @@ class _DisconnectGuard:
         if not self._done:
             self._done = True
             self._watcher.cancel()
+
+
+def _error_class(status: int) -> str:
+    return "client_error" if status < 500 else "server_error"
 
 
 def _request_id(headers: dict[str, str], snap: Snapshot) -> str:
@@ -304,12 +405,14 @@ async def _wait_disconnect(receive: Receive) -> None:
             return
 
 
-async def _pump(send: Send, outcome: Outcome) -> None:
+async def _pump(send: Send, outcome: Outcome, trace: Trace | None) -> None:
     """Stream the body; the upstream stream is closed however this ends."""
     stream = outcome.stream
     assert stream is not None
     try:
         async for chunk in stream:
+            if trace is not None and trace.first_byte is None:
+                trace.first_byte = time.perf_counter()
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
     finally:
@@ -424,7 +527,16 @@ def create_app(gateway: Gateway, extra_routes: list[Route] | None = None) -> Gat
         Route("/readyz", readyz, methods=["GET"]),
         *(extra_routes or []),
     ]
-    starlette = Starlette(routes=routes, exception_handlers={404: _not_found})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    starlette = Starlette(routes=routes, exception_handlers={404: _not_found}, lifespan=lifespan)
     return GatewayApp(endpoints, starlette)
 
 

@@ -20,6 +20,7 @@ import msgspec
 
 from compiler.transforms import Step, apply_stream_steps
 from runtime.errors import GatewayError, is_anthropic
+from runtime.metering import RawTap, Trace
 from runtime.sse import NDJSONDecoder, SSEDecoder
 from runtime.translate import anthropic as tr_anthropic
 from runtime.translate import gigachat as tr_gigachat
@@ -61,11 +62,29 @@ class Bridge:
     def same_protocol(self) -> bool:
         return self.request is None
 
-    def relay(self, *, model: str, include_usage: bool, steps: Sequence[Step], api: str) -> Relay:
-        if self.translator is None and not steps:
-            return RawRelay(api, self.terminator)
-        translator = self.translator(model, include_usage) if self.translator is not None else None
-        return EventRelay(api, self.framing, translator, tuple(steps), self.terminator)
+    def relay(
+        self,
+        *,
+        model: str,
+        include_usage: bool,
+        steps: Sequence[Step],
+        api: str,
+        trace: Trace | None = None,
+    ) -> Relay:
+        """The relay for one stream. With a `trace` (the request is metered) the upstream is
+        always asked for usage, the meter sees every event, and a usage chunk the client did
+        not ask for is dropped."""
+        metered = trace is not None
+        if self.translator is None and not steps and (include_usage or not metered):
+            return RawRelay(api, self.terminator, trace)
+        translator = (
+            self.translator(model, include_usage or metered)
+            if self.translator is not None
+            else None
+        )
+        return EventRelay(
+            api, self.framing, translator, tuple(steps), self.terminator, trace, include_usage
+        )
 
     def error_body(self, api: str, status: int, body: bytes) -> bytes:
         """An upstream error body rewritten in the client's API shape (secrets redacted)."""
@@ -96,15 +115,20 @@ class RawRelay:
     the upstream stream ended properly: with ``[DONE]`` / ``message_stop``, or with an error event
     (already passed on, so it stays the stream's last event)."""
 
-    __slots__ = ("_tail", "api", "terminator")
+    __slots__ = ("_tail", "_tap", "api", "terminator")
 
-    def __init__(self, api: str, terminator: bytes) -> None:
+    def __init__(self, api: str, terminator: bytes, trace: Trace | None = None) -> None:
         self.api = api
         self.terminator = terminator
         self._tail = b""
+        self._tap = None
+        if trace is not None:
+            self._tap = trace.raw_chunks = RawTap()
 
     def feed(self, chunk: bytes) -> bytes:
         self._tail = (self._tail + chunk)[-_TAIL_BYTES:]
+        if self._tap is not None:
+            self._tap.add(chunk)
         return chunk
 
     def finish(self) -> bytes:
@@ -140,9 +164,11 @@ class EventRelay:
     __slots__ = (
         "_done",
         "_failed",
+        "_meter",
         "_ndjson",
         "_sse",
         "api",
+        "include_usage",
         "steps",
         "terminator",
         "translator",
@@ -155,11 +181,15 @@ class EventRelay:
         translator: Translator | None,
         steps: tuple[Step, ...],
         terminator: bytes,
+        trace: Trace | None = None,
+        include_usage: bool = True,
     ) -> None:
         self.api = api
         self.translator = translator
         self.steps = steps
         self.terminator = terminator
+        self._meter = trace.meter if trace is not None else None
+        self.include_usage = include_usage
         self._sse = SSEDecoder() if framing == "sse" else None
         self._ndjson = NDJSONDecoder() if framing == "ndjson" else None
         self._done = False
@@ -224,7 +254,11 @@ class EventRelay:
     def _emit(self, events: list[Event]) -> bytes:
         parts = []
         anthropic = is_anthropic(self.api)
+        meter = self._meter
         for name, data in events:
+            usage_only = meter is not None and meter.observe_event(self.api, name, data)
+            if usage_only and not self.include_usage:
+                continue  # NOTE: asked for the ledger, not by the client
             if self.steps and isinstance(data, dict):
                 apply_stream_steps(self.steps, data, self.api)
             body = _encode(data)

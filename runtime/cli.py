@@ -6,6 +6,9 @@
     interlock schema             the JSON Schema of the config language
     interlock hash-key [KEY]     a new API key (or KEY) and the `hash:` line to put in the config
     interlock serve CONFIG       run the gateway
+    interlock usage report CONFIG [--since DAY] [--until DAY] [--group-by FIELD...]
+                                 [--format table|json|csv]   the ledger, read from its store
+    interlock usage prune CONFIG delete ledger records past `usage.retention_days`
 
 Only `serve` imports the server; the other commands need nothing but the compiler.
 """
@@ -13,6 +16,7 @@ Only `serve` imports the server; the other commands need nothing but the compile
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import hashlib
 import secrets
 import signal
@@ -60,7 +64,33 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
     serve.set_defaults(run=_serve)
+
+    usage = sub.add_parser("usage", help="read the usage ledger (no server needed)")
+    usage_sub = usage.add_subparsers(dest="usage_command", required=True)
+    report = usage_sub.add_parser("report", help="requests, tokens and cost, grouped")
+    report.add_argument("config", metavar="CONFIG", help="config file or directory")
+    report.add_argument("--since", type=_day, help="first day, YYYY-MM-DD (UTC)")
+    report.add_argument("--until", type=_day, help="last day, YYYY-MM-DD (UTC)")
+    report.add_argument(
+        "--group-by",
+        nargs="+",
+        default=["model"],
+        choices=("key", "project", "org", "model", "upstream", "day", "month"),
+        help="fields to group by (default: model); rows are also split by currency",
+    )
+    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    report.set_defaults(run=_usage)
+    prune = usage_sub.add_parser("prune", help="delete records past usage.retention_days")
+    prune.add_argument("config", metavar="CONFIG", help="config file or directory")
+    prune.set_defaults(run=_usage)
     return parser
+
+
+def _day(text: str) -> str:
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a day (YYYY-MM-DD): {text!r}") from None
 
 
 def _print(text: str) -> int:
@@ -120,6 +150,26 @@ def _hash_key(args: argparse.Namespace) -> int:
     if not args.key:
         _print(f"key:  {key}    (shown once; give it to the client)")
     return _print(f'hash: "sha256:{salt}:{digest}"')
+
+
+def _usage(args: argparse.Namespace) -> int:
+    result = compile_config(args.config)
+    if result.table is None:
+        sources = _sources(result)
+        for diagnostic in result.errors:
+            sys.stderr.write(render_text(diagnostic, sources) + "\n")
+        return 1
+    from runtime.usage_report import print_report, prune_ledger  # NOTE: drivers on demand
+
+    if args.usage_command == "prune":
+        return prune_ledger(result.table)
+    return print_report(
+        result.table,
+        since=args.since,
+        until=args.until,
+        group_by=args.group_by,
+        fmt=args.format,
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -34,7 +34,8 @@ from compiler.transforms import apply_request_steps, apply_response_steps
 from runtime.auth import check_model_allowed
 from runtime.balance import LatencyBook, RoundRobinBook, order_targets
 from runtime.bridge import Bridge, EventRelay, Relay, bridge_for
-from runtime.errors import GatewayError, stream_error_event
+from runtime.errors import GatewayError, is_anthropic, stream_error_event
+from runtime.metering import Meter, decode_usage_body
 from runtime.oauth import OAuthError, TokenSource
 from runtime.request import RequestContext
 from runtime.resilience import BreakerBook, classify_status, next_delay, should_retry
@@ -108,12 +109,19 @@ async def run_pipeline(state: GatewayState, snap: Snapshot, ctx: RequestContext)
     requested = action.model or ctx.model or action.default_model
     if requested is None:
         raise GatewayError(400, "you must provide a model parameter", param="model")
+    if ctx.trace is not None:
+        ctx.trace.requested = requested
     model = table.resolve_model(requested)
     if model is None:
         raise GatewayError(
             404, f"the model '{requested}' does not exist", code="model_not_found", param="model"
         )
     check_model_allowed(ctx.api_key, model.name)
+    trace = ctx.trace
+    if trace is not None:
+        trace.route = route.name if route is not None else None
+        trace.requested = requested
+        trace.model = model
     _edit_request(ctx, action)
     call = _Call(state, snap, ctx, route, action, requested)
     return await call.run(model)
@@ -174,6 +182,8 @@ class _Call:
         while current is not None and current.name not in seen:
             seen.add(current.name)
             name = self.requested if current is model else current.name
+            if self.ctx.trace is not None:
+                self.ctx.trace.model = current
             for target in order_targets(
                 current, self.state.latency, self.state.rng, self.state.round_robin
             ):
@@ -213,6 +223,11 @@ class _Call:
                     f"upstream '{upstream.upstream.name}' is failing; its circuit breaker is open",
                 )
             started = time.monotonic()
+            trace = self.ctx.trace
+            if trace is not None:
+                trace.attempts += 1
+                trace.upstream = upstream.upstream.name
+                trace.upstream_model = model_name
             try:
                 outcome = await self._send(upstream, target, model_name)
             except UpstreamFailure as exc:
@@ -245,7 +260,11 @@ class _Call:
             body = dict(ctx.body())
             body.update(target.params)
             reply = await upstream.mock.call(
-                ctx.api, body, model_name, stream=ctx.stream, include_usage=ctx.include_usage
+                ctx.api,
+                body,
+                model_name,
+                stream=ctx.stream,
+                include_usage=ctx.include_usage or ctx.trace is not None,
             )
             return await self._finish(upstream, None, reply, model_name)
         bridge = bridge_for(ctx.api, upstream.family)
@@ -270,17 +289,32 @@ class _Call:
 
     def _payload(self, bridge: Bridge, target: CompiledTarget, model_name: str) -> bytes:
         ctx = self.ctx
+        # NOTE: the ledger needs a stream's usage even when the client did not ask for it
+        ask_usage = (
+            ctx.stream
+            and ctx.trace is not None
+            and not ctx.include_usage
+            and bridge.same_protocol
+            and ctx.api in _STREAM_USAGE_APIS
+        )
         untouched = (
             not ctx.body_decoded
             and not target.params
             and model_name == ctx.model
             and bridge.same_protocol
+            and not ask_usage
         )
         if untouched:
             return ctx.raw
         body = dict(ctx.body())
         body["model"] = model_name
         body.update(target.params)
+        if ask_usage:
+            options = body.get("stream_options")
+            body["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
         if bridge.request is not None:
             try:
                 body = bridge.request(body)
@@ -355,15 +389,21 @@ class _Call:
         if reply.chunks is not None:
             return await self._stream(upstream, bridge, reply, model_name)
         body = reply.body
+        meter = ctx.trace.meter if ctx.trace is not None else None
         try:
             if (bridge is None or bridge.response is None) and not self.response_steps:
-                _validate_json(body)
+                if meter is None:
+                    _validate_json(body)
+                else:
+                    _meter_body(meter, ctx.api, body)
             else:
                 data = _decode_object(body)
                 if bridge is not None and bridge.response is not None:
                     data = bridge.response(data)
                 if self.response_steps:
                     apply_response_steps(self.response_steps, data, ctx.api)
+                if meter is not None:
+                    meter.observe_body(ctx.api, data)
                 body = _encode(data)
         except (msgspec.DecodeError, msgspec.ValidationError, TypeError, ValueError):
             raise UpstreamFailure(
@@ -413,23 +453,28 @@ class _Call:
             raise
         ctx = self.ctx
         relay: Relay | None
+        # NOTE: an Anthropic stream always carries usage; an OpenAI one only when asked
+        include_usage = ctx.include_usage or is_anthropic(ctx.api)
         if bridge is not None:
             relay = bridge.relay(
                 model=model_name,
-                include_usage=ctx.include_usage,
+                include_usage=include_usage,
                 steps=self.response_steps,
                 api=ctx.api,
+                trace=ctx.trace,
             )
         else:  # the mock answers in the client's protocol already
-            terminator = b"message_stop" if ctx.api.startswith("anthropic.") else b"[DONE]"
-            relay = EventRelay(ctx.api, "sse", None, self.response_steps, terminator)
+            terminator = b"message_stop" if is_anthropic(ctx.api) else b"[DONE]"
+            relay = EventRelay(
+                ctx.api, "sse", None, self.response_steps, terminator, ctx.trace, include_usage
+            )
         headers = self._response_headers(upstream, reply.headers)
         headers += [
             ("content-type", "text/event-stream; charset=utf-8"),
             ("cache-control", "no-cache"),
         ]
         outcome = self._outcome(200, headers, b"", upstream, model_name)
-        outcome.stream = _relay_stream(first, chunks, relay, reply.aclose, ctx.api)
+        outcome.stream = _relay_stream(first, chunks, relay, reply.aclose, ctx)
         return outcome
 
     def _response_headers(
@@ -469,6 +514,23 @@ class _Call:
 
 
 _SET_BY_GATEWAY = frozenset({"content-type", "accept-encoding", "content-length"})
+_STREAM_USAGE_APIS = frozenset({"openai.chat", "openai.completions"})
+
+
+def _meter_body(meter: Meter, api: str, body: bytes) -> None:
+    """Validate an untouched JSON reply and take its usage; the text is read only when the
+    reply has no usage (to estimate) or the answer is kept (`log_prompts`)."""
+    try:
+        usage = decode_usage_body(body).usage
+    except msgspec.ValidationError:  # NOTE: usage of an unexpected shape: still valid JSON?
+        _validate_json(body)
+        usage = None
+    meter.observe_usage(usage)
+    if usage is not None and (usage.completion_tokens, usage.output_tokens) != (None, None):
+        meter.output_reported = True
+    if not meter.reported or meter.text is not None:
+        meter.reset_text()
+        meter.observe_body(api, _decode_object(body))
 
 
 async def _relay_stream(
@@ -476,9 +538,10 @@ async def _relay_stream(
     chunks: AsyncIterator[bytes],
     relay: Relay | None,
     aclose: Callable[[], Awaitable[None]],
-    api: str,
+    ctx: RequestContext,
 ) -> AsyncIterator[bytes]:
     """Client stream bytes; a failure after the first byte becomes an in-stream error event."""
+    api = ctx.api
     try:
         out = relay.feed(first) if relay is not None else first
         if out:
@@ -504,6 +567,8 @@ async def _relay_stream(
                 code="upstream_error",
                 failure="bad_response",
             )
+        if ctx.trace is not None:
+            ctx.trace.error = error.failure or error.code or "stream_error"
         prefix = b"" if getattr(relay, "at_boundary", True) else b"\n\n"
         yield prefix + stream_error_event(api, error)
     finally:

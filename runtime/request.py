@@ -19,6 +19,7 @@ import msgspec
 from compiler.matcher import message_text
 from compiler.table import ApiKey
 from runtime.errors import GatewayError
+from runtime.metering import Trace
 
 
 class StreamOptions(msgspec.Struct):
@@ -80,6 +81,7 @@ class RequestContext:
         "headers",
         "raw",
         "request_id",
+        "trace",
     )
 
     def __init__(
@@ -91,6 +93,7 @@ class RequestContext:
         self.headers = headers
         self.request_id = request_id
         self.api_key: ApiKey | None = None
+        self.trace: Trace | None = None  # set when the request is metered (the ledger is on)
         self._body: dict[str, Any] | None = None
         self._texts: dict[str, str] | None = None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -57,6 +57,8 @@ class Snapshot:
     default_rules: HeaderRules
     keyring: KeyRing | None
     owned_response_headers: frozenset[str]  # set by the gateway; an upstream's copy never passes
+    # NOTE: ("sqlite", path) or ("postgres", url); the url may hold a password: never logged
+    ledger_target: tuple[str, str] | None = field(default=None, repr=False)
 
     @property
     def version(self) -> str:
@@ -131,7 +133,20 @@ def prepare_snapshot(table: RouteTable) -> Snapshot:
         default_rules=default_request_rules(table.observability.request_id_header),
         keyring=KeyRing(table.auth) if table.auth.keys or table.auth.required else None,
         owned_response_headers=_owned_response_headers(table),
+        ledger_target=ledger_target(table),
     )
+
+
+def ledger_target(table: RouteTable) -> tuple[str, str] | None:
+    """Where the usage ledger of `table` lives: ("sqlite", path), ("postgres", url), or None."""
+    if table.usage is None:
+        return None
+    store = table.usage.store
+    if store.kind == "sqlite":
+        return ("sqlite", store.path or "interlock-usage.db")
+    if store.url is None:
+        raise SnapshotError("usage.store: a postgres store needs a url")
+    return ("postgres", resolve_secret(store.url, "usage.store url"))
 
 
 def _owned_response_headers(table: RouteTable) -> frozenset[str]:

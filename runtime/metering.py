@@ -1,0 +1,364 @@
+"""Token accounting for one request: what the upstream reported, else an estimate.
+
+A `Meter` reads usage in the *client's* protocol (every bridge answers in OpenAI or Anthropic
+shape), from a whole response body or from stream events as they go to the client::
+
+    meter = Meter()
+    meter.observe_event("openai.chat", None, {"choices": [], "usage": {"prompt_tokens": 9,
+                        "completion_tokens": 3}})      -> True (a usage-only chunk)
+    meter.input_tokens, meter.output_tokens, meter.reported -> 9, 3, True
+
+`input_tokens` counts every prompt token (cached ones too, as OpenAI's ``prompt_tokens`` does;
+Anthropic's ``input_tokens`` + cache reads + cache writes); `cached_tokens` is the cached part.
+A `Trace` carries what the ledger records about a request as the pipeline learns it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from runtime.sse import SSEDecoder
+from runtime.state.ledger import UsageRecord
+from runtime.translate.anthropic import estimate_tokens
+
+if TYPE_CHECKING:
+    from compiler.table import CompiledModel
+    from runtime.request import RequestContext
+
+_decode = msgspec.json.decode
+
+
+class _Details(msgspec.Struct):
+    cached_tokens: int | None = None
+
+
+class UsageFields(msgspec.Struct):
+    """The usage object of either API (only the counters the ledger reads)."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    prompt_tokens_details: _Details | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+
+
+class _WithUsage(msgspec.Struct):
+    usage: UsageFields | None = None
+
+
+# PERF: decoding into this validates the whole JSON body and builds only the usage object.
+decode_usage_body = msgspec.json.Decoder(_WithUsage).decode
+
+
+class Meter:
+    """Counts one request's tokens; `reported` once the upstream said both halves."""
+
+    __slots__ = (
+        "cached_tokens",
+        "input_reported",
+        "input_tokens",
+        "output_reported",
+        "output_tokens",
+        "text",
+        "text_chars",
+    )
+
+    def __init__(self, *, keep_text: bool = False) -> None:
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cached_tokens = 0
+        self.input_reported = False
+        self.output_reported = False
+        self.text_chars = 0  # answer text seen, for estimates
+        self.text: list[str] | None = [] if keep_text else None  # the answer, for log_prompts
+
+    @property
+    def reported(self) -> bool:
+        return self.input_reported and self.output_reported
+
+    def observe_usage(self, usage: UsageFields | dict[str, Any] | None) -> None:
+        """Take a usage object of either API (Struct or dict); absent counters keep their value
+        (Anthropic's `message_delta` usage is cumulative and may omit the input side)."""
+        if usage is None:
+            return
+        if isinstance(usage, dict):
+            usage = msgspec.convert(usage, UsageFields, strict=False)
+        if usage.prompt_tokens is not None:  # OpenAI shape
+            self.input_tokens = usage.prompt_tokens
+            details = usage.prompt_tokens_details
+            self.cached_tokens = (details.cached_tokens or 0) if details is not None else 0
+            self.input_reported = True
+            if usage.completion_tokens is not None:
+                self.output_tokens = usage.completion_tokens
+                self.output_reported = True
+            elif usage.input_tokens is None:  # embeddings: no completion side
+                self.output_reported = True
+            return
+        if usage.input_tokens is not None:
+            cached = usage.cache_read_input_tokens or 0
+            self.input_tokens = (
+                usage.input_tokens + cached + (usage.cache_creation_input_tokens or 0)
+            )
+            self.cached_tokens = cached
+            self.input_reported = True
+        if usage.output_tokens is not None:
+            self.output_tokens = usage.output_tokens
+
+    def observe_body(self, api: str, data: Any) -> None:
+        """A whole (non-streamed) response in the client's shape."""
+        if not isinstance(data, dict):
+            return
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            self._observe_final(usage)
+        self._count_text(_body_texts(api, data))
+
+    def observe_event(self, api: str, name: str | None, data: Any) -> bool:
+        """One stream event in the client's shape; True when it is OpenAI's usage-only chunk
+        (``choices: []`` with usage), which a client that did not ask for usage must not see."""
+        if not isinstance(data, dict):
+            return False
+        if api.startswith("anthropic."):
+            kind = data.get("type")
+            if kind == "content_block_delta":
+                delta = data.get("delta")
+                if isinstance(delta, dict):
+                    self._count_text(
+                        v for k in ("text", "partial_json", "thinking") if (v := delta.get(k))
+                    )
+            elif kind == "message_start":
+                message = data.get("message")
+                if isinstance(message, dict) and isinstance(message.get("usage"), dict):
+                    with contextlib.suppress(msgspec.ValidationError):
+                        self.observe_usage(message["usage"])
+            elif kind == "message_delta" and isinstance(data.get("usage"), dict):
+                self._observe_final(data["usage"])
+            return False
+        choices = data.get("choices")
+        if isinstance(choices, list) and choices:
+            self._count_text(_choice_texts(choices, "delta"))
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            self._observe_final(usage)
+            return choices == []
+        return False
+
+    def observe_sse(self, api: str, chunks: Iterable[bytes], *, first_only: bool = False) -> None:
+        """Stream bytes in the client's protocol (a raw relay's record of what it passed on)."""
+        decoder = SSEDecoder()
+        for chunk in chunks:
+            events = decoder.feed(chunk)
+            for event in events:
+                if event.data == "[DONE]":
+                    continue
+                try:
+                    self.observe_event(api, event.event, _decode(event.data))
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    continue  # NOTE: a tail may start inside an event
+                if first_only:
+                    return
+        for event in decoder.flush():
+            if event.data != "[DONE]":
+                try:
+                    self.observe_event(api, event.event, _decode(event.data))
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    continue
+
+    def reset_text(self) -> None:
+        self.text_chars = 0
+        if self.text is not None:
+            self.text.clear()
+
+    def _observe_final(self, usage: dict[str, Any]) -> None:
+        try:
+            self.observe_usage(usage)
+        except msgspec.ValidationError:  # NOTE: counters that are not integers: estimate
+            return
+        if usage.get("completion_tokens") is not None or usage.get("output_tokens") is not None:
+            self.output_reported = True
+
+    def _count_text(self, texts: Iterable[Any]) -> None:
+        for text in texts:
+            if isinstance(text, str):
+                self.text_chars += len(text)
+                if self.text is not None:
+                    self.text.append(text)
+
+
+def _choice_texts(choices: list[Any], key: str) -> Iterable[Any]:
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        yield choice.get("text")  # legacy completions
+        part = choice.get(key)
+        if isinstance(part, dict):
+            yield part.get("content")
+            for call in part.get("tool_calls") or ():
+                if isinstance(call, dict) and isinstance(call.get("function"), dict):
+                    yield call["function"].get("arguments")
+
+
+def _body_texts(api: str, data: dict[str, Any]) -> Iterable[Any]:
+    if api.startswith("anthropic."):
+        for block in data.get("content") or ():
+            if isinstance(block, dict):
+                yield block.get("text") or block.get("thinking")
+                if block.get("type") == "tool_use":
+                    yield msgspec.json.encode(block.get("input")).decode()
+        return
+    choices = data.get("choices")
+    if isinstance(choices, list):
+        yield from _choice_texts(choices, "message")
+
+
+class Trace:
+    """What the pipeline learned about one request, for its ledger record."""
+
+    __slots__ = (
+        "attempts",
+        "cache_hit",
+        "error",
+        "first_byte",
+        "meter",
+        "model",
+        "raw_chunks",
+        "requested",
+        "route",
+        "upstream",
+        "upstream_model",
+    )
+
+    def __init__(self, *, keep_text: bool = False) -> None:
+        self.route: str | None = None
+        self.requested: str | None = None
+        self.model: CompiledModel | None = None  # the model that served (fallbacks included)
+        self.upstream: str | None = None
+        self.upstream_model: str | None = None
+        self.attempts = 0
+        self.cache_hit = False
+        self.error: str | None = None  # a failure after the response started (mid-stream)
+        self.first_byte: float | None = None  # perf_counter when the first body byte went out
+        self.meter = Meter(keep_text=keep_text)
+        self.raw_chunks: RawTap | None = None  # a raw relay's record, read when settling
+
+
+_KEEP_BYTES = 1 << 20
+
+
+class RawTap:
+    """What a raw (untouched) stream relay passed on: its chunks up to 1 MiB, then only the
+    last 4 KiB. Read once at the end: the first event and the tail carry the usage; the whole
+    record is parsed only when they do not (a client that left, an upstream that reports
+    nothing)."""
+
+    __slots__ = ("chunks", "kept", "overflow", "tail")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.kept = 0
+        self.overflow = False
+        self.tail = b""
+
+    def add(self, chunk: bytes) -> None:
+        if self.overflow:
+            self.tail = (self.tail + chunk)[-4096:]
+            return
+        self.chunks.append(chunk)
+        self.kept += len(chunk)
+        if self.kept > _KEEP_BYTES:
+            self.overflow = True
+
+    def settle(self, api: str, meter: Meter) -> None:
+        if not self.chunks:
+            return
+        if api.startswith("anthropic."):
+            meter.observe_sse(api, self.chunks[:1], first_only=True)  # message_start
+        tail = self.tail if self.overflow else b"".join(self.chunks[-8:])[-4096:]
+        meter.observe_sse(api, (tail,))
+        if meter.reported and meter.text is None:
+            return
+        meter.reset_text()
+        meter.observe_sse(api, (*self.chunks, self.tail) if self.overflow else self.chunks)
+
+
+_TEXT_LIMIT = 65536
+
+
+def build_record(
+    ctx: RequestContext,
+    trace: Trace,
+    *,
+    status: int,
+    error: str | None,
+    answered: bool,
+    started: float,
+    version: str,
+    log_prompts: bool,
+) -> UsageRecord:
+    """The ledger record of a finished request. `answered`: a 2xx answer (or stream) began, so
+    tokens were spent: counters the upstream did not report are estimated (chars / 4) and the
+    record is marked `estimated`. `started` is the request's `time.perf_counter()`."""
+    meter = trace.meter
+    if trace.raw_chunks is not None:
+        trace.raw_chunks.settle(ctx.api, meter)
+    estimated = False
+    if answered and ctx.api != "anthropic.count_tokens":
+        if not meter.input_reported:
+            meter.input_tokens = estimate_tokens(ctx.prompt_chars())
+            estimated = True
+        if not meter.output_reported and ctx.api != "openai.embeddings":
+            meter.output_tokens = max(meter.output_tokens, (meter.text_chars + 3) // 4)
+            estimated = True
+    elif not answered:
+        meter.input_tokens = meter.output_tokens = meter.cached_tokens = 0
+    model = trace.model
+    pricing = model.pricing if model is not None else None
+    cost = 0.0
+    if pricing is not None:
+        cached = min(meter.cached_tokens, meter.input_tokens)
+        cached_price = pricing.cached_input_per_mtok
+        cost = (
+            (meter.input_tokens - cached) * pricing.input_per_mtok
+            + cached * (pricing.input_per_mtok if cached_price is None else cached_price)
+            + meter.output_tokens * pricing.output_per_mtok
+        ) / 1_000_000
+    key = ctx.api_key
+    now = time.perf_counter()
+    return UsageRecord(
+        id=os.urandom(12).hex(),
+        ts=time.time(),
+        request_id=ctx.request_id,
+        api=ctx.api,
+        status=status,
+        key_id=key.id if key is not None else None,
+        org=key.org if key is not None else None,
+        project=key.project if key is not None else None,
+        route=trace.route,
+        requested_model=trace.requested,
+        model=model.name if model is not None else None,
+        upstream=trace.upstream,
+        upstream_model=trace.upstream_model,
+        stream=ctx.stream,
+        error=error or trace.error,
+        input_tokens=meter.input_tokens,
+        output_tokens=meter.output_tokens,
+        cached_tokens=meter.cached_tokens,
+        cost=cost,
+        currency=pricing.currency if pricing is not None else None,
+        estimated=estimated,
+        latency_ms=round((now - started) * 1000, 3),
+        ttfb_ms=round((trace.first_byte - started) * 1000, 3) if trace.first_byte else None,
+        attempts=trace.attempts,
+        cache_hit=trace.cache_hit,
+        config_version=version,
+        prompt=ctx.raw[:_TEXT_LIMIT].decode("utf-8", "replace") if log_prompts else None,
+        completion="".join(meter.text)[:_TEXT_LIMIT] if log_prompts and meter.text else None,
+    )
