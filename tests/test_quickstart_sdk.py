@@ -16,7 +16,10 @@ QUICKSTART = (Path(__file__).parent.parent / "examples" / "quickstart.yaml").rea
 
 
 @pytest.fixture
-def gw(served: Callable[[str], ServedGateway]) -> ServedGateway:
+def gw(
+    served: Callable[[str], ServedGateway], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> ServedGateway:
+    monkeypatch.chdir(tmp_path)  # NOTE: the quickstart's ledger file goes in the working directory
     return served(QUICKSTART)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ SECRETS = {
     "GIGACHAT_SCOPE": "GIGACHAT_API_B2B",
 }
 USER_HI: list[Any] = [{"role": "user", "content": "hi"}]
+SEED_LEDGER = Path(tempfile.mkdtemp(prefix="interlock-seeds-")) / "usage.db"
 
 
 def hash_key(key: str) -> str:
@@ -76,6 +78,8 @@ def seed_config(name: str, up: MockUpstream, edit: Callable[[Any], None] | None 
             upstream["oauth"]["token_url"] = up.base_url("gigachat-oauth")
     for key in doc.get("auth", {}).get("keys", []):
         key["hash"] = hash_key(api_key(key["id"]))
+    if "usage" in doc:  # NOTE: the seeds' ledgers go to a throwaway SQLite file
+        doc["usage"]["store"] = {"kind": "sqlite", "path": str(SEED_LEDGER)}
     if edit is not None:
         edit(doc)
     out = io.StringIO()
