@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import http.client
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -96,6 +97,7 @@ class Cell:
     cpu_us: float
     errors: int
     rss_mb: float
+    others_pct: float  # CPU used by everything but the gateway and wrk (incl. steal), % of box
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,7 @@ def stop_mock() -> None:
 
 
 async def _pg_fetch(sql: str) -> object:
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     conn = await asyncpg.connect(PG_DSN, timeout=3)
     try:
@@ -275,6 +277,21 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def box_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot; steal counts as busy."""
+    user, nice, system, idle, iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    busy = user + nice + system + irq + softirq + steal
+    return busy, busy + idle + iowait
+
+
+def children_ticks(hz: int) -> int:
+    """CPU ticks of this process's reaped children (wrk, once `run_wrk` returns)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return round((usage.ru_utime + usage.ru_stime) * hz)
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -315,9 +332,11 @@ def measure(
         warm = run_wrk(args.port, WARMUP_CONNS, args.warmup, False, args.client_cpu)
         answered += int(warm.get("requests", 0))
         for mode, conns in MODES:
-            t0 = cpu_ticks(proc.pid)
+            t0, b0, w0 = cpu_ticks(proc.pid), box_ticks(), children_ticks(hz)
             r = run_wrk(args.port, conns, args.seconds, mode == "stream", args.client_cpu)
-            used_s = (cpu_ticks(proc.pid) - t0) / hz
+            used = cpu_ticks(proc.pid) - t0
+            b1, w1 = box_ticks(), children_ticks(hz)
+            others = b1[0] - b0[0] - used - (w1 - w0)
             n = int(r.get("requests", 0))
             answered += n
             errors = sum(int(r.get(k, 0)) for k in ("non2xx", "connect_err", "read_err"))
@@ -331,14 +350,16 @@ def measure(
                 float(r.get("rps", 0)),
                 float(r.get("p50", "nan")),
                 float(r.get("p99", "nan")),
-                used_s / n * 1e6 if n else float("nan"),
+                used / hz / n * 1e6 if n else float("nan"),
                 errors,
                 rss_mb(proc.pid),
+                max(others, 0) / max(b1[1] - b0[1], 1) * 100,
             )
             cells.append(cell)
             log(
                 f"  round {rnd} {variant.name}: {mode} c={conns}: {cell.rps:.0f} req/s, "
-                f"{cell.cpu_us:.0f} µs CPU/req, p99 {cell.p99_ms:.2f} ms, {errors} errors"
+                f"{cell.cpu_us:.0f} µs CPU/req, p99 {cell.p99_ms:.2f} ms, {errors} errors, "
+                f"others {cell.others_pct:.0f} % CPU"
             )
     finally:
         code = stop_gateway(proc)
@@ -373,11 +394,13 @@ def render(
         "",
         f"Gateway pinned to CPU {args.pin}, wrk on CPU {args.client_cpu}; {args.rounds} round(s) "
         f"round-robin, {args.warmup} s warm-up + {args.seconds} s per cell; median over rounds "
-        f"(per-round values in brackets). Load average before / after: {loads[0]} / {loads[1]}.",
+        f"(per-round values in brackets). Load average before / after: {loads[0]} / {loads[1]}; "
+        "others' CPU %: the box's CPU time used by everything but the gateway and wrk during "
+        "each cell (the mock, other work, hypervisor steal), as a share of both CPUs.",
         "",
         "| variant | mode | conns | req/s | vs off | CPU µs/req | vs off | p50 ms | p99 ms "
-        "| errors | RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| errors | RSS MB | others' CPU % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, conns in MODES:
         base = [c for c in cells if c.variant == BASELINE.name and c.mode == mode]
@@ -398,7 +421,8 @@ def render(
                 f"| {'' if same else change(cpu, base_cpu)} "
                 f"| {statistics.median(c.p50_ms for c in mine):.2f} "
                 f"| {statistics.median(c.p99_ms for c in mine):.2f} "
-                f"| {sum(c.errors for c in mine)} | {max(c.rss_mb for c in mine):.1f} |"
+                f"| {sum(c.errors for c in mine)} | {max(c.rss_mb for c in mine):.1f} "
+                f"| {' / '.join(f'{c.others_pct:.0f}' for c in mine)} |"
             )
     if checks:
         out += [

@@ -454,7 +454,6 @@ def _check_fallback_cycles(lw: Lowering, specs: dict[str, Any], names: Mapping[s
 # Sections the server validates but does not act on yet: each present one is a warning, so that
 # nobody believes they are protected by configuration that does nothing.
 _NOT_ENFORCED: tuple[tuple[PathKey, str], ...] = (
-    (("limits",), "limits (rate limits, concurrency, budgets)"),
     (("cache",), "the response cache"),
     (("auth", "store"), "managed keys (auth.store)"),
     (("observability", "log_bodies"), "body logging (observability.log_bodies)"),
@@ -530,6 +529,7 @@ def _lower_limits(
         ),
         default=tuple(default),
         policies=MappingProxyType(policies),
+        on_backend_error=spec.get("on_backend_error", "allow"),
     )
 
 

@@ -333,6 +333,7 @@ class LimitSettings:
     backend: StoreSettings = StoreSettings("memory")
     default: tuple[str, ...] = ()
     policies: Mapping[str, LimitPolicy] = field(default_factory=_empty)
+    on_backend_error: str = "allow"  # allow | deny
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from starlette.applications import Starlette
@@ -32,6 +32,7 @@ from runtime.pipeline import GatewayState, Outcome, run_pipeline
 from runtime.request import RequestContext
 from runtime.snapshot import Snapshot
 from runtime.state.ledger import Ledger
+from runtime.state.limits import MemoryLimiter
 
 _LOG = logging.getLogger("interlock")
 _MAX_HEADER_BYTES = 64 * 1024
@@ -66,7 +67,9 @@ class Gateway:
         self._ledger_target: tuple[str, str] | None = None
         self._running = False
         self._closing: set[asyncio.Task[None]] = set()
+        self._limits_target: tuple[str, str] | None = None
         self._sync_ledger(snapshot)
+        self._sync_limiter(snapshot)
 
     async def start(self) -> None:
         """Start the background work (the ledger writer); at ASGI lifespan startup."""
@@ -79,6 +82,8 @@ class Gateway:
         self._running = False
         if self.ledger is not None:
             await self.ledger.close()
+        if self.state.limiter is not None:
+            self._background(self.state.limiter.close())
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
@@ -125,8 +130,8 @@ class Gateway:
         started: float,
     ) -> None:
         """Record a finished request in the ledger and the usage metrics (never raises)."""
-        ledger, trace, usage = self.ledger, ctx.trace, snap.table.usage
-        if ledger is None or trace is None or usage is None:
+        trace, usage = ctx.trace, snap.table.usage
+        if trace is None:
             return
         try:
             record = build_record(
@@ -137,13 +142,55 @@ class Gateway:
                 answered=outcome is not None and outcome.status < 300,
                 started=started,
                 version=snap.version,
-                log_prompts=usage.log_prompts,
+                log_prompts=usage is not None and usage.log_prompts,
             )
         except Exception:  # NOTE: accounting must never fail a request
             _LOG.exception("usage record for request %s failed", ctx.request_id)
             return
-        ledger.record(record)
-        self.metrics.observe_usage(record)
+        if self.ledger is not None:
+            self.ledger.record(record)
+            self.metrics.observe_usage(record)
+        if trace.admission is not None and self.state.limiter is not None:
+            settlements = trace.admission.plan.settlements(
+                tokens=record.input_tokens + record.output_tokens, cost=record.cost
+            )
+            self._background(
+                self.state.limiter.settle(ctx.request_id, settlements, self.state.clock())
+            )
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` after the response (limit settlements); failures are logged."""
+        task = asyncio.get_running_loop().create_task(_logged(work))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _sync_limiter(self, snapshot: Snapshot) -> None:
+        """One limiter per backend; counters live as long as their policies' state ids."""
+        target = snapshot.limits_target
+        if target == self._limits_target:
+            return
+        old = self.state.limiter
+        self._limits_target = target
+        self.state.limiter = None
+        if target == ("memory", ""):
+            self.state.limiter = MemoryLimiter()
+        elif target is not None:
+            from runtime.state.limits_backends import open_limiter  # NOTE: drivers on demand
+
+            kind, where = target
+            self.state.limiter = open_limiter(
+                kind,
+                path=where if kind == "sqlite" else None,
+                url=where if kind == "redis" else None,
+            )
+        if old is not None:
+            self._background(old.close())
+
+    def needs_trace(self, snap: Snapshot) -> bool:
+        """Whether requests are metered: a ledger keeps them or limits settle on their usage."""
+        return self.ledger is not None or (
+            self.state.limiter is not None and snap.limits_target is not None
+        )
 
     def swap(self, snapshot: Snapshot) -> None:
         """Publish `snapshot`: prepare pools first, then one reference assignment."""
@@ -151,6 +198,7 @@ class Gateway:
         self.snapshot = snapshot
         self.metrics.set_version(snapshot.table.version)
         self._sync_ledger(snapshot)
+        self._sync_limiter(snapshot)
         live_targets = {t.state_id for m in snapshot.table.models.values() for t in m.targets}
         self.state.breakers.prune(live_targets)
         self.state.latency.prune(live_targets)
@@ -196,8 +244,10 @@ class ApiEndpoint:
                 raw = await _read_body(receive, headers, snap.table.server.max_body_bytes)
                 ctx = RequestContext.parse(self.api, raw, headers, request_id)
                 ctx.api_key = api_key
-                if gateway.ledger is not None and snap.table.usage is not None:
-                    ctx.trace = Trace(keep_text=snap.table.usage.log_prompts)
+                ctx.client_ip = _client_ip(scope)
+                if gateway.needs_trace(snap):
+                    usage = snap.table.usage
+                    ctx.trace = Trace(keep_text=usage is not None and usage.log_prompts)
                 guard = _DisconnectGuard(receive)
                 outcome = await run_pipeline(gateway.state, snap, ctx)
             except GatewayError as exc:
@@ -273,6 +323,18 @@ class _DisconnectGuard:
         if not self._done:
             self._done = True
             self._watcher.cancel()
+
+
+async def _logged(work: Coroutine[Any, Any, None]) -> None:
+    try:
+        await work
+    except Exception as exc:
+        _LOG.warning("background work failed: %s: %s", type(exc).__name__, exc)
+
+
+def _client_ip(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
 
 
 def _error_class(status: int) -> str:

@@ -29,6 +29,7 @@ from runtime.translate.anthropic import estimate_tokens
 
 if TYPE_CHECKING:
     from compiler.table import CompiledModel
+    from runtime.limiting import Admission
     from runtime.request import RequestContext
 
 _decode = msgspec.json.decode
@@ -223,6 +224,7 @@ class Trace:
     """What the pipeline learned about one request, for its ledger record."""
 
     __slots__ = (
+        "admission",
         "attempts",
         "cache_hit",
         "error",
@@ -244,6 +246,7 @@ class Trace:
         self.upstream_model: str | None = None
         self.attempts = 0
         self.cache_hit = False
+        self.admission: Admission | None = None  # limit reservations to settle
         self.error: str | None = None  # a failure after the response started (mid-stream)
         self.first_byte: float | None = None  # perf_counter when the first body byte went out
         self.meter = Meter(keep_text=keep_text)

@@ -29,17 +29,20 @@ from compiler.table import (
     CompiledRoute,
     CompiledTarget,
     ParamPlan,
+    RouteTable,
 )
 from compiler.transforms import apply_request_steps, apply_response_steps
 from runtime.auth import check_model_allowed
 from runtime.balance import LatencyBook, RoundRobinBook, order_targets
 from runtime.bridge import Bridge, EventRelay, Relay, bridge_for
 from runtime.errors import GatewayError, is_anthropic, stream_error_event
+from runtime.limiting import Admission, admit, plan_limits
 from runtime.metering import Meter, decode_usage_body
 from runtime.oauth import OAuthError, TokenSource
 from runtime.request import RequestContext
 from runtime.resilience import BreakerBook, classify_status, next_delay, should_retry
 from runtime.snapshot import ANTHROPIC_VERSION, PreparedUpstream, Snapshot
+from runtime.state.limits import Limiter
 from runtime.translate import TranslationError
 from runtime.translate.anthropic import count_request_chars, estimate_tokens
 from runtime.upstream import Reply, UpstreamFailure, UpstreamPool
@@ -85,6 +88,8 @@ class GatewayState:
     round_robin: RoundRobinBook = field(default_factory=RoundRobinBook)
     tokens: dict[str, TokenSource] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
+    limiter: Limiter | None = None  # limit counters (by policy state id), None: no policies
+    clock: Callable[[], float] = time.time  # NOTE: wall clock for limit windows; tests inject
 
 
 @dataclass(slots=True)
@@ -123,8 +128,36 @@ async def run_pipeline(state: GatewayState, snap: Snapshot, ctx: RequestContext)
         trace.requested = requested
         trace.model = model
     _edit_request(ctx, action)
+    admission = await _admit(state, table, route, ctx, model)
     call = _Call(state, snap, ctx, route, action, requested)
-    return await call.run(model)
+    outcome = await call.run(model)
+    if admission is not None:
+        outcome.headers = [
+            (n, v) for n, v in outcome.headers if not n.startswith(_DEFAULT_RESPONSE_PREFIXES)
+        ]
+        outcome.headers += admission.headers(ctx.api)
+    return outcome
+
+
+async def _admit(
+    state: GatewayState,
+    table: RouteTable,
+    route: CompiledRoute | None,
+    ctx: RequestContext,
+    model: CompiledModel,
+) -> Admission | None:
+    """Admission against every limit policy that applies (raises the 429); the plan is kept on
+    the trace so the request settles its reservations when it ends."""
+    if state.limiter is None or ctx.trace is None:
+        return None
+    now = state.clock()
+    plan = plan_limits(table, route, ctx, model, now)
+    if plan is None:
+        return None
+    admission = await admit(state.limiter, plan, ctx, now, on_error=table.limits.on_backend_error)
+    if admission.verdict is not None:
+        ctx.trace.admission = admission
+    return admission
 
 
 def _edit_request(ctx: RequestContext, action: CompiledAction) -> None:

@@ -77,6 +77,7 @@ class RequestContext:
         "_texts",
         "api",
         "api_key",
+        "client_ip",
         "head",
         "headers",
         "raw",
@@ -93,6 +94,7 @@ class RequestContext:
         self.headers = headers
         self.request_id = request_id
         self.api_key: ApiKey | None = None
+        self.client_ip: str | None = None
         self.trace: Trace | None = None  # set when the request is metered (the ledger is on)
         self._body: dict[str, Any] | None = None
         self._texts: dict[str, str] | None = None

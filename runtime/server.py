@@ -144,6 +144,14 @@ def supervise(config_path: str, *, binds: Sequence[str] | None, workers: int, wa
         report(result)
         sys.stderr.write(f"interlock: {config_path} is invalid; not starting\n")
         return 1
+    limits = result.table.limits
+    if limits.policies and limits.backend.kind == "memory":
+        sys.stderr.write(
+            f"interlock: --workers {workers} with limits.backend memory would give every worker"
+            " its own counters and multiply each limit by the number of workers; use"
+            " limits.backend {kind: sqlite, path: ...} (one host) or {kind: redis, url: ...}\n"
+        )
+        return 1
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(target=_worker_entry, args=(config_path, binds, watch), daemon=False)

@@ -59,6 +59,8 @@ class Snapshot:
     owned_response_headers: frozenset[str]  # set by the gateway; an upstream's copy never passes
     # NOTE: ("sqlite", path) or ("postgres", url); the url may hold a password: never logged
     ledger_target: tuple[str, str] | None = field(default=None, repr=False)
+    # NOTE: ("memory", ""), ("sqlite", path) or ("redis", url) when some limit policy exists
+    limits_target: tuple[str, str] | None = field(default=None, repr=False)
 
     @property
     def version(self) -> str:
@@ -134,7 +136,22 @@ def prepare_snapshot(table: RouteTable) -> Snapshot:
         keyring=KeyRing(table.auth) if table.auth.keys or table.auth.required else None,
         owned_response_headers=_owned_response_headers(table),
         ledger_target=ledger_target(table),
+        limits_target=limits_target(table),
     )
+
+
+def limits_target(table: RouteTable) -> tuple[str, str] | None:
+    """Where limit counters live, or None when no policy is defined."""
+    if not table.limits.policies:
+        return None
+    backend = table.limits.backend
+    if backend.kind == "sqlite":
+        return ("sqlite", backend.path or "interlock-limits.db")
+    if backend.kind == "redis":
+        if backend.url is None:
+            raise SnapshotError("limits.backend: a redis backend needs a url")
+        return ("redis", resolve_secret(backend.url, "limits.backend url"))
+    return ("memory", "")
 
 
 def ledger_target(table: RouteTable) -> tuple[str, str] | None:

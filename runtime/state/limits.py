@@ -1,0 +1,177 @@
+"""Limit counters: admit a request against every check that applies, atomically, then settle it.
+
+Three kinds of check cover every policy field:
+
+- ``rate``: a sliding window (`window_s`, 60 for rpm/tpm) of amounts. rpm takes 1 per request;
+  tpm reserves the estimated tokens, and settling replaces the reservation with the real count.
+  In any window of `window_s` seconds the admitted amounts never exceed `limit`.
+- ``budget``: a counter for one calendar window (its key names the day or month; it expires
+  `window_s` after admission, long after the window ends). Admission reserves `amount`
+  (tokens or cost); settling adds ``actual - reserved``. So a refusal happens when what is
+  used + what is reserved in flight + this reservation exceeds the limit.
+- ``slots``: concurrency (concurrent_streams). Admission takes a slot named by the request id
+  that expires after `window_s` (a crashed process cannot leak it forever); settling frees it.
+
+`Limiter.admit` checks everything first and changes nothing unless every check passes (the first
+refusal wins, in the order given). Every backend passes `tests/test_limit_backends.py`::
+
+    verdict = await limiter.admit("req-1", [Check("rate", "p:rpm:team-a", 20, 1, 60)], now)
+    verdict.admitted, verdict.states[0].remaining -> True, 19.0
+    await limiter.settle("req-1", [Settlement(check, actual=1)], now)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    kind: str  # rate | budget | slots
+    key: str  # backend key: policy state id, field, scope value (and the calendar window)
+    limit: float
+    amount: float  # what this request takes at admission (slots: 1)
+    window_s: float  # rate: the window; budget and slots: how long the state lives
+
+
+@dataclass(frozen=True, slots=True)
+class CheckState:
+    """One check's state after admission (or, when refused, as it was): for rate-limit headers
+    and refusal messages. `reset_s`: seconds until enough is freed to admit this amount again
+    (rate: the oldest entries leave the window; budget: the window ends, when the caller knows
+    it; slots: 0, a slot frees when a stream ends). After an admission it is the wait before
+    another request of the same size would fit."""
+
+    limit: float
+    used: float
+    reset_s: float
+
+    @property
+    def remaining(self) -> float:
+        return max(self.limit - self.used, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    admitted: bool
+    states: tuple[CheckState, ...]
+    refused: int | None = None  # index of the first check that refused
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    check: Check
+    actual: float  # rate: the real amount; budget: the real amount; slots: ignored
+
+
+class Limiter(Protocol):
+    async def admit(self, request_id: str, checks: Sequence[Check], now: float) -> Verdict: ...
+    async def settle(
+        self, request_id: str, settlements: Sequence[Settlement], now: float
+    ) -> None: ...
+    async def close(self) -> None: ...
+
+
+# --- memory ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Entry:
+    ts: float
+    request_id: str
+    amount: float
+
+
+@dataclass(slots=True)
+class _Window:
+    entries: deque[_Entry] = field(default_factory=deque)
+    total: float = 0.0
+
+    def expire(self, now: float, window_s: float) -> None:
+        while self.entries and self.entries[0].ts <= now - window_s:
+            self.total -= self.entries.popleft().amount
+
+    def reset_s(self, now: float, window_s: float, limit: float, amount: float) -> float:
+        """Seconds until the window has room for `amount` more (0 when it has now)."""
+        used = self.total
+        if used + amount <= limit:
+            return 0.0
+        for entry in self.entries:
+            used -= entry.amount
+            if used + amount <= limit:
+                return max(entry.ts + window_s - now, 0.0)
+        return window_s
+
+
+class MemoryLimiter:
+    """One process's counters (asyncio runs `admit` without interleaving, so it is atomic)."""
+
+    def __init__(self) -> None:
+        self._windows: dict[str, _Window] = {}
+        self._budgets: dict[str, tuple[float, float]] = {}  # key -> (value, expires_at)
+        self._slots: dict[str, dict[str, float]] = {}  # key -> request id -> expires_at
+
+    async def admit(self, request_id: str, checks: Sequence[Check], now: float) -> Verdict:
+        states = []
+        refused = None
+        for i, check in enumerate(checks):
+            used, reset = self._state(check, now)
+            states.append(CheckState(check.limit, used, reset))
+            if refused is None and used + check.amount > check.limit:
+                refused = i
+        if refused is not None:
+            return Verdict(False, tuple(states), refused)
+        for check in checks:
+            self._apply(request_id, check, now)
+        return Verdict(True, tuple(CheckState(c.limit, *self._state(c, now)) for c in checks))
+
+    async def settle(self, request_id: str, settlements: Sequence[Settlement], now: float) -> None:
+        for settlement in settlements:
+            check = settlement.check
+            if check.kind == "rate":
+                window = self._windows.get(check.key)
+                if window is None:
+                    continue
+                for entry in window.entries:
+                    if entry.request_id == request_id:
+                        window.total += settlement.actual - entry.amount
+                        entry.amount = settlement.actual
+                        break
+            elif check.kind == "budget":
+                value, expires = self._budgets.get(check.key, (0.0, now + check.window_s))
+                self._budgets[check.key] = (value + settlement.actual - check.amount, expires)
+            else:
+                self._slots.get(check.key, {}).pop(request_id, None)
+
+    async def close(self) -> None:
+        return None
+
+    def _state(self, check: Check, now: float) -> tuple[float, float]:
+        if check.kind == "rate":
+            window = self._windows.setdefault(check.key, _Window())
+            window.expire(now, check.window_s)
+            return window.total, window.reset_s(now, check.window_s, check.limit, check.amount)
+        if check.kind == "budget":
+            value, expires = self._budgets.get(check.key, (0.0, 0.0))
+            if expires <= now:
+                self._budgets.pop(check.key, None)
+                return 0.0, 0.0
+            return value, 0.0
+        slots = self._slots.setdefault(check.key, {})
+        for request_id in [r for r, expires in slots.items() if expires <= now]:
+            del slots[request_id]
+        return float(len(slots)), 0.0
+
+    def _apply(self, request_id: str, check: Check, now: float) -> None:
+        if check.kind == "rate":
+            window = self._windows[check.key]
+            window.entries.append(_Entry(now, request_id, check.amount))
+            window.total += check.amount
+        elif check.kind == "budget":
+            value, expires = self._budgets.get(check.key, (0.0, now + check.window_s))
+            self._budgets[check.key] = (value + check.amount, expires)
+        else:
+            self._slots[check.key][request_id] = now + check.window_s
