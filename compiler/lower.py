@@ -530,6 +530,7 @@ def _lower_limits(
         default=tuple(default),
         policies=MappingProxyType(policies),
         on_backend_error=spec.get("on_backend_error", "allow"),
+        headers=spec.get("headers", "api"),
     )
 
 

@@ -334,6 +334,7 @@ class LimitSettings:
     default: tuple[str, ...] = ()
     policies: Mapping[str, LimitPolicy] = field(default_factory=_empty)
     on_backend_error: str = "allow"  # allow | deny
+    headers: str = "api"  # api | x-ratelimit | both | none
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,10 @@ class Gateway:
         self._running = False
         self._closing: set[asyncio.Task[None]] = set()
         self._limits_target: tuple[str, str] | None = None
+        self.metrics.limit_counts = lambda: (
+            self.state.limit_refusals,
+            self.state.limit_backend_errors,
+        )
         self._sync_ledger(snapshot)
         self._sync_limiter(snapshot)
 

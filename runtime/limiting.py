@@ -155,17 +155,26 @@ def _reservation(
 class Admission:
     plan: LimitPlan
     verdict: Verdict | None  # None: the backend failed and `on_backend_error: allow` let it in
+    style: str = "api"  # limits.headers: api | x-ratelimit | both | none
 
     def headers(self, api: str) -> list[tuple[str, str]]:
-        """The rate-limit headers each SDK knows, from the tightest rpm and tpm checks."""
-        if self.verdict is None:
+        """Rate-limit headers from the tightest rpm and tpm checks: the ones each SDK knows
+        (`style` api), CF-X's ``X-RateLimit-*`` for requests (x-ratelimit), both, or none."""
+        if self.verdict is None or self.style == "none":
             return []
         out: list[tuple[str, str]] = []
         for family, fields in (("requests", ("rpm",)), ("tokens", ("tpm",))):
             state = self._tightest(fields)
             if state is None:
                 continue
-            out += _rate_headers(api, family, state)
+            if self.style in ("api", "both"):
+                out += _rate_headers(api, family, state)
+            if self.style in ("x-ratelimit", "both") and family == "requests":
+                out += [
+                    ("x-ratelimit-limit", _number(state.limit)),
+                    ("x-ratelimit-remaining", _number(state.remaining)),
+                    ("x-ratelimit-reset", str(math.ceil(state.reset_s))),
+                ]
         return out
 
     def _tightest(self, fields: Sequence[str]) -> CheckState | None:
@@ -200,7 +209,13 @@ def _number(value: float) -> str:
 
 
 async def admit(
-    limiter: Limiter, plan: LimitPlan, ctx: RequestContext, now: float, *, on_error: str
+    limiter: Limiter,
+    plan: LimitPlan,
+    ctx: RequestContext,
+    now: float,
+    *,
+    on_error: str,
+    style: str = "api",
 ) -> Admission:
     """Admit or raise the 429 (or, when the backend fails and `on_error` is ``deny``, a 503)."""
     try:
@@ -215,8 +230,8 @@ async def admit(
                 headers=(("retry-after", "1"),),
             ) from None
         _LOG.warning("limits backend failed; admitting (on_backend_error: allow): %s", exc)
-        return Admission(plan, None)
-    admission = Admission(plan, verdict)
+        return Admission(plan, None, style)
+    admission = Admission(plan, verdict, style)
     if verdict.admitted or verdict.refused is None:
         return admission
     index = verdict.refused

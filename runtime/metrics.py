@@ -9,6 +9,7 @@
     interlock_usage_cost_total{model,upstream,key,currency}
     interlock_ledger_queue_depth  interlock_ledger_written_total  interlock_ledger_dropped_total
     interlock_ledger_write_errors_total  interlock_ledger_write_seconds
+    interlock_limit_refusals_total  interlock_limit_backend_errors_total
 
 Label values are API names, status codes and config versions: never keys, bodies or headers.
 """
@@ -96,6 +97,8 @@ class Metrics:
         )
         self.ledger: Ledger | None = None
         self.registry.register(_LedgerCollector(lambda: self.ledger))
+        self.limit_counts: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        self.registry.register(_LimitsCollector(lambda: self.limit_counts()))
         self._children: dict[tuple[str, int], Counter] = {}
         self._histograms: dict[str, Histogram] = {}
         self._usage: dict[tuple[str, str, str, str], tuple[Counter, ...]] = {}
@@ -172,3 +175,20 @@ class _LedgerCollector(Collector):
             ),
         ):
             yield CounterMetricFamily(name, doc, value)
+
+
+class _LimitsCollector(Collector):
+    """Requests refused by a limit policy, and limits backend failures (admitted or denied as
+    `limits.on_backend_error` says)."""
+
+    def __init__(self, counts: Callable[[], tuple[int, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        refusals, errors = self._counts()
+        yield CounterMetricFamily(
+            "interlock_limit_refusals", "Requests refused by a limit policy (429).", refusals
+        )
+        yield CounterMetricFamily(
+            "interlock_limit_backend_errors", "Limits backend failures (Redis away).", errors
+        )

@@ -90,6 +90,8 @@ class GatewayState:
     rng: random.Random = field(default_factory=random.Random)
     limiter: Limiter | None = None  # limit counters (by policy state id), None: no policies
     clock: Callable[[], float] = time.time  # NOTE: wall clock for limit windows; tests inject
+    limit_refusals: int = 0
+    limit_backend_errors: int = 0
 
 
 @dataclass(slots=True)
@@ -154,8 +156,20 @@ async def _admit(
     plan = plan_limits(table, route, ctx, model, now)
     if plan is None:
         return None
-    admission = await admit(state.limiter, plan, ctx, now, on_error=table.limits.on_backend_error)
-    if admission.verdict is not None:
+    limits = table.limits
+    try:
+        admission = await admit(
+            state.limiter, plan, ctx, now, on_error=limits.on_backend_error, style=limits.headers
+        )
+    except GatewayError as exc:
+        if exc.status == 429:
+            state.limit_refusals += 1
+        else:
+            state.limit_backend_errors += 1
+        raise
+    if admission.verdict is None:
+        state.limit_backend_errors += 1
+    else:
         ctx.trace.admission = admission
     return admission
 
