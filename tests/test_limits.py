@@ -243,3 +243,14 @@ def test_workers_with_memory_counters_are_refused(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "multiply each limit" in done.stderr and "redis" in done.stderr
+
+
+def test_counters_survive_a_reload_that_keeps_the_policy(
+    served: Callable[[str], ServedGateway],
+) -> None:
+    gw = served(config("{scope: key, rpm: 3}"))
+    assert statuses(asyncio.run(burst(gw.url, 2))) == {200: 2}
+    gw.swap(config("{scope: key, rpm: 3}", extra="server: {max_body_bytes: 2000000}"))
+    assert statuses(asyncio.run(burst(gw.url, 2))) == {200: 1, 429: 1}  # the same counter
+    gw.swap(config("{scope: key, rpm: 4}"))  # a changed policy starts afresh
+    assert statuses(asyncio.run(burst(gw.url, 5))) == {200: 4, 429: 1}
