@@ -459,6 +459,8 @@ def git_head() -> str:
         text=True,
         check=False,
     )
+    if not result.stdout.strip():
+        return "unknown (not a git checkout)"
     return result.stdout.strip() + (" + local changes" if dirty.stdout.strip() else "")
 
 
