@@ -454,8 +454,6 @@ def _check_fallback_cycles(lw: Lowering, specs: dict[str, Any], names: Mapping[s
 # Sections the server validates but does not act on yet: each present one is a warning, so that
 # nobody believes they are protected by configuration that does nothing.
 _NOT_ENFORCED: tuple[tuple[PathKey, str], ...] = (
-    (("cache",), "the response cache"),
-    (("auth", "store"), "managed keys (auth.store)"),
     (("observability", "log_bodies"), "body logging (observability.log_bodies)"),
     (("observability", "redact"), "log redaction (observability.redact)"),
 )
@@ -645,7 +643,7 @@ def _lower_server(spec: dict[str, Any]) -> ServerSettings:
                 k: (names[k].lower() if names.get(k) else None)
                 if k in names
                 else getattr(default_names, k)
-                for k in ("route", "upstream", "model", "version")
+                for k in ("route", "upstream", "model", "version", "cache")
             }
         ),
     )

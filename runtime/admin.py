@@ -5,6 +5,10 @@ GET  /admin/config   live version, when it was loaded, source files, reload coun
                      the last reload result with its diagnostics
 GET  /admin/usage    the usage ledger report: ?since=DAY&until=DAY&group_by=model,key
                      (the rows of `interlock usage report --format json`)
+/admin/orgs, /admin/projects, /admin/keys, /admin/audit
+                     organizations, projects and managed keys (runtime/admin_keys.py)
+POST /admin/cache/purge  empty the response cache: body {"policy": NAME} for one policy,
+                     empty (or {}) for all; answers {"purged": {NAME: entries removed}}
 GET  /metrics        Prometheus text format (when `observability.metrics.enabled`)
 """
 
@@ -19,10 +23,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from runtime.admin_keys import key_routes
 from runtime.app import Gateway
 from runtime.auth import presented_key, verify_hash
 from runtime.errors import GatewayError, error_body
 from runtime.reload import Reloader, ReloadResult
+from runtime.state.cache import CacheUnavailable
 from runtime.state.ledger import GROUP_FIELDS
 
 _encode = msgspec.json.Encoder().encode
@@ -52,6 +58,23 @@ def usage_query(group_by: Sequence[str], params: Mapping[str, str]) -> dict[str,
         except ValueError:
             raise ValueError(f"{name} must be a day (YYYY-MM-DD), not {value!r}") from None
     return query
+
+
+def purge_target(body: bytes) -> str | None:
+    """The policy a purge names (None: all): ``b'{"policy": "det"}'`` -> ``"det"``; an empty
+    body or ``{}`` -> None. ValueError for anything else."""
+    if not body.strip():
+        return None
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        raise ValueError('the body must be JSON: {"policy": NAME}, or empty for all') from None
+    if not isinstance(data, dict) or set(data) - {"policy"}:
+        raise ValueError('the body may only name a policy: {"policy": NAME}')
+    name = data.get("policy")
+    if name is not None and not isinstance(name, str):
+        raise ValueError("policy must be a name")
+    return name
 
 
 def _guarded(gateway: Gateway, handler: Handler) -> Handler:
@@ -110,6 +133,27 @@ def admin_routes(gateway: Gateway, reloader: Reloader) -> list[Route]:
             return _error(GatewayError(503, message, code="store_unavailable"))
         return _json(rows)
 
+    async def cache_purge(request: Request) -> Response:
+        policies = gateway.snapshot.table.cache.policies
+        cache = gateway.state.cache
+        if cache is None:
+            return _error(GatewayError(404, "the response cache is not enabled", code="not_found"))
+        try:
+            name = purge_target(await request.body())
+        except ValueError as exc:
+            return _error(GatewayError(400, str(exc), code="invalid_request"))
+        if name is not None and name not in policies:
+            message = f"there is no cache policy named {name!r}"
+            return _error(GatewayError(404, message, code="not_found"))
+        purged = {}
+        try:
+            for policy in [policies[name]] if name is not None else policies.values():
+                purged[policy.name] = await cache.purge([policy.state_id])
+        except CacheUnavailable as exc:
+            message = f"the response cache cannot be reached: {exc}"
+            return _error(GatewayError(503, message, code="cache_unavailable"))
+        return _json({"purged": purged})
+
     async def metrics(request: Request) -> Response:
         gateway.metrics.in_flight.set(gateway.in_flight)
         if not gateway.snapshot.table.observability.metrics:
@@ -123,6 +167,8 @@ def admin_routes(gateway: Gateway, reloader: Reloader) -> list[Route]:
         Route("/admin/reload", _guarded(gateway, reload), methods=["POST"]),
         Route("/admin/config", _guarded(gateway, config), methods=["GET"]),
         Route("/admin/usage", _guarded(gateway, usage), methods=["GET"]),
+        Route("/admin/cache/purge", _guarded(gateway, cache_purge), methods=["POST"]),
+        *key_routes(gateway, _guarded),
         *(Route(path, metrics, methods=["GET"]) for path in sorted(paths)),
     ]
 

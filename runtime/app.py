@@ -25,12 +25,16 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from runtime.accesslog import AccessLog
+from runtime.caching import fill_cache
 from runtime.errors import GatewayError, error_body, is_anthropic
+from runtime.keys import ManagedKeys
 from runtime.metering import Trace, build_record
 from runtime.metrics import Metrics
+from runtime.models_api import retrieve_model_endpoint
 from runtime.pipeline import GatewayState, Outcome, run_pipeline
 from runtime.request import RequestContext
 from runtime.snapshot import Snapshot
+from runtime.state.cache import open_cache
 from runtime.state.ledger import Ledger
 from runtime.state.limits import MemoryLimiter
 
@@ -42,6 +46,7 @@ API_PATHS = {
     "/v1/chat/completions": "openai.chat",
     "/v1/completions": "openai.completions",
     "/v1/embeddings": "openai.embeddings",
+    "/v1/responses": "openai.responses",
     "/v1/messages": "anthropic.messages",
     "/v1/messages/count_tokens": "anthropic.count_tokens",
 }
@@ -68,26 +73,36 @@ class Gateway:
         self._running = False
         self._closing: set[asyncio.Task[None]] = set()
         self._limits_target: tuple[str, str] | None = None
+        self._cache_target: tuple[str, str] | None = None
+        self.keys = ManagedKeys()  # the managed keys of auth.store, kept across swaps
         self.metrics.limit_counts = lambda: (
             self.state.limit_refusals,
             self.state.limit_backend_errors,
         )
+        self.metrics.cache_stats = lambda: (
+            self.state.cache_stats if self.state.cache is not None else None
+        )
         self._sync_ledger(snapshot)
         self._sync_limiter(snapshot)
+        self._sync_cache(snapshot)
 
     async def start(self) -> None:
         """Start the background work (the ledger writer); at ASGI lifespan startup."""
         self._running = True
+        await self.keys.start(self.snapshot)
         if self.ledger is not None:
             self.ledger.start()
 
     async def close(self) -> None:
         """Flush the ledger; at lifespan shutdown, after in-flight requests have finished."""
         self._running = False
+        await self.keys.close()
         if self.ledger is not None:
             await self.ledger.close()
         if self.state.limiter is not None:
             self._background(self.state.limiter.close())
+        if self.state.cache is not None:
+            self._background(self.state.cache.close())
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
@@ -155,12 +170,16 @@ class Gateway:
             self.ledger.record(record)
             self.metrics.observe_usage(record)
         if trace.admission is not None and self.state.limiter is not None:
-            settlements = trace.admission.plan.settlements(
-                tokens=record.input_tokens + record.output_tokens, cost=record.cost
-            )
+            # NOTE: a cache hit counts as a request, not as tokens (its cost is 0 already)
+            tokens = 0 if record.cache_hit else record.input_tokens + record.output_tokens
+            settlements = trace.admission.plan.settlements(tokens=tokens, cost=record.cost)
             self._background(
                 self.state.limiter.settle(ctx.request_id, settlements, self.state.clock())
             )
+        fill = trace.cache_fill
+        cache = self.state.cache
+        if fill is not None and cache is not None and status < 300 and record.error is None:
+            self._background(fill_cache(cache, fill, record, self.state.cache_stats))
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` after the response (limit settlements); failures are logged."""
@@ -190,19 +209,41 @@ class Gateway:
         if old is not None:
             self._background(old.close())
 
+    def _sync_cache(self, snapshot: Snapshot) -> None:
+        """One response cache per backend; entries live as long as their policies' state ids."""
+        target = snapshot.cache_target
+        if target != self._cache_target:
+            old = self.state.cache
+            self._cache_target = target
+            self.state.cache = None
+            if target is not None:
+                kind, where = target
+                self.state.cache = open_cache(
+                    kind, url=where or None, clock=lambda: self.state.clock()
+                )
+            if old is not None:
+                self._background(old.close())
+        if self.state.cache is not None:
+            self.state.cache.retain([p.state_id for p in snapshot.table.cache.policies.values()])
+
     def needs_trace(self, snap: Snapshot) -> bool:
-        """Whether requests are metered: a ledger keeps them or limits settle on their usage."""
-        return self.ledger is not None or (
-            self.state.limiter is not None and snap.limits_target is not None
+        """Whether requests are metered: a ledger keeps them, limits settle on their usage, or
+        the response cache keeps answers with their usage."""
+        return (
+            self.ledger is not None
+            or (self.state.limiter is not None and snap.limits_target is not None)
+            or (self.state.cache is not None and snap.cache_target is not None)
         )
 
     def swap(self, snapshot: Snapshot) -> None:
         """Publish `snapshot`: prepare pools first, then one reference assignment."""
         self.state.pool.prepare(list(snapshot.table.upstreams.values()))
+        self.keys.swap(snapshot)
         self.snapshot = snapshot
         self.metrics.set_version(snapshot.table.version)
         self._sync_ledger(snapshot)
         self._sync_limiter(snapshot)
+        self._sync_cache(snapshot)
         live_targets = {t.state_id for m in snapshot.table.models.values() for t in m.targets}
         self.state.breakers.prune(live_targets)
         self.state.latency.prune(live_targets)
@@ -249,6 +290,7 @@ class ApiEndpoint:
                 ctx = RequestContext.parse(self.api, raw, headers, request_id)
                 ctx.api_key = api_key
                 ctx.client_ip = _client_ip(scope)
+                ctx.query = scope.get("query_string", b"")
                 if gateway.needs_trace(snap):
                     usage = snap.table.usage
                     ctx.trace = Trace(keep_text=usage is not None and usage.log_prompts)
@@ -386,6 +428,7 @@ def _identity(snap: Snapshot, outcome: Outcome, request_id: str, api: str) -> li
         (names.upstream, outcome.upstream),
         (names.model, outcome.model),
         (names.version, snap.version),
+        (names.cache, outcome.cache),
     ):
         if name and value:
             out.append((name, value))
@@ -558,7 +601,7 @@ def _preflight(gateway: Gateway) -> Callable[[Request], Awaitable[Response]]:
 
 
 class GatewayApp:
-    """The ASGI app: POSTs to the five API paths go straight to their endpoint; everything else
+    """The ASGI app: POSTs to the API paths go straight to their endpoint; everything else
     (health, models, admin, metrics, preflights, lifespan, 404/405) goes through Starlette.
     PERF: skipping Starlette's router and middleware saves ~50 µs per API request."""
 
@@ -589,6 +632,7 @@ def create_app(gateway: Gateway, extra_routes: list[Route] | None = None) -> Gat
     routes += [Route(path, endpoint) for path, endpoint in endpoints.items()]
     routes += [
         Route("/v1/models", _models_endpoint(gateway), methods=["GET"]),
+        Route("/v1/models/{model_id:path}", retrieve_model_endpoint(gateway), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *(extra_routes or []),

@@ -4,6 +4,10 @@ result is memoised by the key's unsalted digest (in memory only) so a known key 
 
     ring = KeyRing(table.auth.keys)
     ring.lookup("il-abc…")  -> ApiKey(id="web-prod", ...) or None
+
+Managed keys (``auth.store``) are looked up in the gateway's `LiveKeys` (runtime/keys.py): by
+prefix, one sha256, no memo needed. The gateway attaches them to a ring as `live` before it
+publishes the ring's snapshot.
 """
 
 from __future__ import annotations
@@ -11,10 +15,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from compiler.table import ApiKey, AuthSettings
 from runtime.errors import GatewayError
+
+if TYPE_CHECKING:
+    from runtime.keys import LiveKeys
 
 _MEMO_LIMIT = 10_000
 
@@ -44,6 +53,7 @@ class KeyRing:
             if key.expires:
                 self._expiry[key.id] = _parse_time(key.expires)
         self._memo: dict[bytes, ApiKey | None] = {}
+        self.live: LiveKeys | None = None  # the managed keys, when `settings.store` is set
 
     def lookup(self, presented: str) -> ApiKey | None:
         """The key `presented` is, or None. Expiry is checked by `authenticate`."""
@@ -63,15 +73,25 @@ class KeyRing:
         return found
 
     def authenticate(self, headers: Mapping[str, str]) -> ApiKey | None:
-        """The caller's key from its headers; raises 401 when a key is required or wrong."""
+        """The caller's key from its headers (a key of the table, or a managed key of `live`);
+        raises 401 when a key is required or wrong, or has expired."""
         presented = presented_key(headers, self.settings.accept)
         if presented is None:
             if self.settings.required:
                 raise GatewayError(401, "missing API key", code="invalid_api_key")
             return None
+        live = self.live
+        if live is not None:
+            entry = live.lookup(presented)
+            if entry is not None:
+                now = time.time()
+                if entry.expires_at is not None and now >= entry.expires_at:
+                    raise GatewayError(401, "API key has expired", code="invalid_api_key")
+                live.touch(entry.key.id, now)
+                return entry.key
         key = self.lookup(presented)
         if key is None:
-            if self.settings.required or self.settings.keys:
+            if self.settings.required or self.settings.keys or self.settings.store is not None:
                 raise GatewayError(401, "invalid API key", code="invalid_api_key")
             return None
         expires = self._expiry.get(key.id)

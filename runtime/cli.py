@@ -9,6 +9,9 @@
     interlock usage report CONFIG [--since DAY] [--until DAY] [--group-by FIELD...]
                                  [--format table|json|csv]   the ledger, read from its store
     interlock usage prune CONFIG delete ledger records past `usage.retention_days`
+    interlock orgs create|list CONFIG ...      organizations    } managed keys, straight on
+    interlock projects create|list CONFIG ...  projects         } the config's auth.store
+    interlock keys create|list|revoke CONFIG ...  API keys      } (runtime/keys_cli.py)
 
 Only `serve` imports the server; the other commands need nothing but the compiler.
 """
@@ -28,6 +31,7 @@ from compiler import CompileResult, compile_config
 from compiler.diagnostics import render_github, render_json, render_text
 from compiler.dump import dump_table
 from compiler.schema import schema_text
+from runtime.keys_cli import add_parsers as add_key_parsers
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     prune = usage_sub.add_parser("prune", help="delete records past usage.retention_days")
     prune.add_argument("config", metavar="CONFIG", help="config file or directory")
     prune.set_defaults(run=_usage)
+    add_key_parsers(sub)
     return parser
 
 

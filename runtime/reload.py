@@ -175,6 +175,11 @@ class Reloader:
             # ones just hashed (a save in progress): keeping the older one reloads the same bytes
             # twice, keeping a newer one would skip bytes that were never compiled
             digest, result, snapshot, error = await asyncio.to_thread(self._build)
+            if snapshot is not None and error is None:
+                try:  # NOTE: a new auth.store opened and loaded; git key ids checked against it
+                    await self.gateway.keys.prepare(snapshot)
+                except SnapshotError as exc:
+                    snapshot, error = None, str(exc)
             if snapshot is None or result.table is None:
                 self.rejections += 1
                 self.digest = digest  # do not retry the same broken bytes until they change

@@ -96,6 +96,12 @@ async def serve_async(config_path: str, *, binds: Sequence[str] | None, watch: b
         return 1
     table = result.table
     gateway = Gateway(snapshot)
+    try:  # NOTE: managed keys are loaded before the first request, and checked against git's
+        await gateway.keys.prepare(snapshot)
+    except SnapshotError as exc:
+        await gateway.keys.close()
+        sys.stderr.write(f"interlock: cannot serve {config_path}: {exc}\n")
+        return 1
     reloader = Reloader(gateway, config_path, loaded=result, on_result=count_reload(gateway))
     listen = list(binds or table.server.listen)
     try:

@@ -61,6 +61,10 @@ class Snapshot:
     ledger_target: tuple[str, str] | None = field(default=None, repr=False)
     # NOTE: ("memory", ""), ("sqlite", path) or ("redis", url) when some limit policy exists
     limits_target: tuple[str, str] | None = field(default=None, repr=False)
+    # NOTE: ("memory", "") or ("redis", url) when some cache policy exists
+    cache_target: tuple[str, str] | None = field(default=None, repr=False)
+    # NOTE: ("sqlite", path) or ("postgres", url) of auth.store (managed keys), or None
+    key_store_target: tuple[str, str] | None = field(default=None, repr=False)
 
     @property
     def version(self) -> str:
@@ -133,10 +137,14 @@ def prepare_snapshot(table: RouteTable) -> Snapshot:
             tuple(policies[p.name] for p in route.action.header_policies) for route in table.routes
         ),
         default_rules=default_request_rules(table.observability.request_id_header),
-        keyring=KeyRing(table.auth) if table.auth.keys or table.auth.required else None,
+        keyring=KeyRing(table.auth)
+        if table.auth.keys or table.auth.required or table.auth.store is not None
+        else None,
         owned_response_headers=_owned_response_headers(table),
         ledger_target=ledger_target(table),
         limits_target=limits_target(table),
+        cache_target=cache_target(table),
+        key_store_target=key_store_target(table),
     )
 
 
@@ -154,6 +162,32 @@ def limits_target(table: RouteTable) -> tuple[str, str] | None:
     return ("memory", "")
 
 
+def cache_target(table: RouteTable) -> tuple[str, str] | None:
+    """Where response cache entries live, or None when no cache policy is defined."""
+    if not table.cache.policies:
+        return None
+    backend = table.cache.backend
+    if backend.kind == "redis":
+        if backend.url is None:
+            raise SnapshotError("cache.backend: a redis backend needs a url")
+        return ("redis", resolve_secret(backend.url, "cache.backend url"))
+    return ("memory", "")
+
+
+def key_store_target(table: RouteTable) -> tuple[str, str] | None:
+    """Where the managed keys of `table` live: ("sqlite", path), ("postgres", url), or None."""
+    store = table.auth.store
+    if store is None:
+        return None
+    if store.kind == "sqlite":
+        if not store.path:
+            raise SnapshotError("auth.store: a sqlite store needs a path")
+        return ("sqlite", store.path)
+    if store.url is None:
+        raise SnapshotError("auth.store: a postgres store needs a url")
+    return ("postgres", resolve_secret(store.url, "auth.store url"))
+
+
 def ledger_target(table: RouteTable) -> tuple[str, str] | None:
     """Where the usage ledger of `table` lives: ("sqlite", path), ("postgres", url), or None."""
     if table.usage is None:
@@ -168,6 +202,6 @@ def ledger_target(table: RouteTable) -> tuple[str, str] | None:
 
 def _owned_response_headers(table: RouteTable) -> frozenset[str]:
     names = table.server.response_headers
-    identity = (names.route, names.upstream, names.model, names.version)
+    identity = (names.route, names.upstream, names.model, names.version, names.cache)
     fixed = {"content-type", "request-id", table.observability.request_id_header}
     return frozenset(fixed | {name for name in identity if name})

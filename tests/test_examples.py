@@ -408,8 +408,11 @@ def test_codexflow_failover_stays_inside_the_tier() -> None:
 
 def test_codexflow_tenants_budgets_cache_and_retention() -> None:
     table = table_of(CODEXFLOW)
-    projects = {k.id: (k.org, k.project, k.limits) for k in table.auth.keys}
-    assert projects["acme-web-staging"] == ("acme", "acme-web", ("plan-pro",))
+    service = {k.id: (k.org, k.project, k.limits) for k in table.auth.keys}
+    assert service == {"codexflow-evals": ("codexflow", "internal-evals", None)}
+    store = table.auth.store  # the tenants' keys are managed keys (tests/test_seed_routing.py)
+    assert store is not None and store.kind == "postgres"
+    assert store.url == SecretRef(env="DATABASE_URL")
     for name in ("plan-starter", "plan-pro"):
         policy = table.limits.policies[name]
         assert policy.scope == "project"

@@ -2,10 +2,11 @@
 
 Each example is loaded as written; only what cannot work in a test is replaced: upstream
 `base_url`s (and GigaChat's `token_url`) point at the loopback mock upstreams, `tls` blocks naming
-CA files that do not exist here go, secrets come from environment variables set for the test, and
-the API key hashes are swapped for hashes of keys made with `interlock hash-key`. Requests are
-made with the official SDKs; what happened is read from the response headers and from the
-requests the mock upstreams recorded.
+CA files that do not exist here go, secrets come from environment variables set for the test,
+Redis backends become memory, ledgers and managed keys (created with the `interlock` CLI, as the
+example's comments say) go to SQLite files, and the API key hashes are swapped for hashes of keys
+made with `interlock hash-key`. Requests are made with the official SDKs; what happened is read
+from the response headers and from the requests the mock upstreams recorded.
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ def seed_config(name: str, up: MockUpstream, edit: Callable[[Any], None] | None 
         key["hash"] = hash_key(api_key(key["id"]))
     if "usage" in doc:  # NOTE: the seeds' ledgers go to a throwaway SQLite file
         doc["usage"]["store"] = {"kind": "sqlite", "path": str(SEED_LEDGER)}
+    for section, field in (("limits", "backend"), ("cache", "backend")):
+        if doc.get(section, {}).get(field, {}).get("kind") == "redis":  # NOTE: no Redis here
+            doc[section][field] = {"kind": "memory"}
     if edit is not None:
         edit(doc)
     out = io.StringIO()
@@ -299,15 +303,58 @@ FAST = "claude-haiku-4-5-20251001"
 DEEP = "claude-sonnet-4-5-20250929"
 
 
+def cli_json(*args: str) -> Any:
+    """What ``interlock ARGS --format json`` prints, decoded (the command must succeed)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert interlock_cli([*args, "--format", "json"]) == 0
+    return json.loads(out.getvalue())
+
+
+def bootstrap_codexflow_tenants(config: Path) -> dict[str, str]:
+    """The example's bootstrap (see its `auth` comments): orgs, projects and one managed key per
+    project, made with the CLI on the config's store before the gateway starts. Key by project."""
+    cli_json("orgs", "create", str(config), "--id", "acme", "--name", "ACME Corp")
+    cli_json("projects", "create", str(config), "--id", "acme-web", "--org", "acme",
+             "--limits", "plan-pro")  # fmt: skip
+    cli_json("orgs", "create", str(config), "--id", "globex", "--name", "Globex")
+    cli_json("projects", "create", str(config), "--id", "globex-support", "--org", "globex",
+             "--limits", "plan-starter")  # fmt: skip
+    keys = {}
+    for project, name in (("acme-web", "ACME web app (prod)"), ("globex-support", "Globex bot")):
+        created = cli_json("keys", "create", str(config), "--project", project, "--name", name)
+        keys[project] = created["key"]
+    return keys
+
+
 @pytest.fixture(scope="module")
-def codexflow_gw(upstream: MockUpstream) -> Iterator[ServedGateway]:
-    with seed_gateway("codexflow-tiers.yaml", upstream) as gateway:
-        yield gateway
+def codexflow_keys(upstream: MockUpstream, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """(config text, managed keys by project): the example with its store in a SQLite file."""
+    workdir = tmp_path_factory.mktemp("codexflow")
+
+    def local_store(doc: Any) -> None:
+        doc["auth"]["store"] = {"kind": "sqlite", "path": str(workdir / "keys.db")}
+
+    text = seed_config("codexflow-tiers.yaml", upstream, local_store)
+    config = workdir / "codexflow-tiers.yaml"
+    config.write_text(text, encoding="utf-8")
+    return text, bootstrap_codexflow_tenants(config)
+
+
+@pytest.fixture(scope="module")
+def codexflow_gw(codexflow_keys: Any) -> Iterator[ServedGateway]:
+    with pytest.MonkeyPatch.context() as patch:
+        for var, value in SECRETS.items():
+            patch.setenv(var, value)
+        with ServedGateway(codexflow_keys[0]) as gateway:
+            yield gateway
 
 
 @pytest.fixture
-def codexflow(codexflow_gw: ServedGateway, up: MockUpstream) -> Iterator[openai.OpenAI]:
-    with openai_sdk(codexflow_gw, api_key("acme-web-prod")) as client:
+def codexflow(
+    codexflow_gw: ServedGateway, codexflow_keys: Any, up: MockUpstream
+) -> Iterator[openai.OpenAI]:
+    with openai_sdk(codexflow_gw, codexflow_keys[1]["acme-web"]) as client:
         yield client
 
 
@@ -399,19 +446,29 @@ def test_codexflow_streams_the_deep_tier_to_an_openai_client(
 
 
 def test_codexflow_refuses_unknown_keys_and_other_apis(
-    codexflow_gw: ServedGateway, up: MockUpstream
+    codexflow_gw: ServedGateway, codexflow_keys: Any, up: MockUpstream
 ) -> None:
     with (
         openai_sdk(codexflow_gw, "il-unknown") as stranger,
         pytest.raises(openai.AuthenticationError),
     ):
         chat(stranger)
-    with openai_sdk(codexflow_gw, api_key("globex-support-bot")) as globex:
+    with openai_sdk(codexflow_gw, codexflow_keys[1]["globex-support"]) as globex:
         with pytest.raises(openai.NotFoundError):
             globex.embeddings.create(model="codexflow-fast", input="x")
         assert routed(chat(globex))[0] == "default-fast"
 
     assert len(up.requests) == 1
+
+
+def test_codexflow_service_key_in_git_and_managed_keys_serve_side_by_side(
+    codexflow_gw: ServedGateway, codexflow_keys: Any, up: MockUpstream
+) -> None:
+    for key in (api_key("codexflow-evals"), *codexflow_keys[1].values()):
+        with openai_sdk(codexflow_gw, key) as client:
+            assert routed(chat(client))[0] == "default-fast"
+
+    assert len(up.requests) == 3
 
 
 # --- 001 llm-router-service: header rules and transforms per provider -------------------------
