@@ -1,7 +1,7 @@
 """Token accounting for one request: what the upstream reported, else an estimate.
 
-A `Meter` reads usage in the *client's* protocol (every bridge answers in OpenAI or Anthropic
-shape), from a whole response body or from stream events as they go to the client::
+A `Meter` reads usage in the *client's* protocol (every bridge answers in OpenAI chat, Anthropic
+or Responses shape), from a whole response body or from stream events as they go to the client::
 
     meter = Meter()
     meter.observe_event("openai.chat", None, {"choices": [], "usage": {"prompt_tokens": 9,
@@ -29,6 +29,7 @@ from runtime.translate.anthropic import estimate_tokens
 
 if TYPE_CHECKING:
     from compiler.table import CompiledModel
+    from runtime.caching import CacheFill
     from runtime.limiting import Admission
     from runtime.request import RequestContext
 
@@ -49,6 +50,7 @@ class UsageFields(msgspec.Struct):
     output_tokens: int | None = None
     cache_read_input_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
+    input_tokens_details: _Details | None = None  # the Responses API's
 
 
 class _WithUsage(msgspec.Struct):
@@ -103,6 +105,14 @@ class Meter:
             elif usage.input_tokens is None:  # embeddings: no completion side
                 self.output_reported = True
             return
+        if usage.input_tokens_details is not None and usage.input_tokens is not None:
+            # NOTE: the Responses API's shape: input_tokens already counts the cached ones
+            self.input_tokens = usage.input_tokens
+            self.cached_tokens = usage.input_tokens_details.cached_tokens or 0
+            self.input_reported = True
+            if usage.output_tokens is not None:
+                self.output_tokens = usage.output_tokens
+            return
         if usage.input_tokens is not None:
             cached = usage.cache_read_input_tokens or 0
             self.input_tokens = (
@@ -126,6 +136,9 @@ class Meter:
         """One stream event in the client's shape; True when it is OpenAI's usage-only chunk
         (``choices: []`` with usage), which a client that did not ask for usage must not see."""
         if not isinstance(data, dict):
+            return False
+        if api == "openai.responses":
+            self._observe_responses_event(data)
             return False
         if api.startswith("anthropic."):
             kind = data.get("type")
@@ -173,6 +186,17 @@ class Meter:
                 except (msgspec.DecodeError, msgspec.ValidationError):
                     continue
 
+    def _observe_responses_event(self, data: dict[str, Any]) -> None:
+        """A Responses stream event: text from the deltas, usage from the final response (the
+        ``.done`` events and the final response repeat the text: not counted again)."""
+        kind = data.get("type")
+        if kind in _RESPONSES_DELTAS:
+            self._count_text((data.get("delta"),))
+        elif kind in _RESPONSES_ENDS:
+            response = data.get("response")
+            if isinstance(response, dict) and isinstance(response.get("usage"), dict):
+                self._observe_final(response["usage"])
+
     def reset_text(self) -> None:
         self.text_chars = 0
         if self.text is not None:
@@ -207,7 +231,32 @@ def _choice_texts(choices: list[Any], key: str) -> Iterable[Any]:
                     yield call["function"].get("arguments")
 
 
+_RESPONSES_DELTAS = frozenset(
+    {
+        "response.output_text.delta",
+        "response.refusal.delta",
+        "response.function_call_arguments.delta",
+    }
+)
+_RESPONSES_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def _responses_texts(data: dict[str, Any]) -> Iterable[Any]:
+    """The answer text of a whole Responses body: message text and refusals, call arguments."""
+    for item in data.get("output") or ():
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "function_call":
+            yield item.get("arguments")
+        for part in item.get("content") or ():
+            if isinstance(part, dict):
+                yield part.get("text") if part.get("type") == "output_text" else part.get("refusal")
+
+
 def _body_texts(api: str, data: dict[str, Any]) -> Iterable[Any]:
+    if api == "openai.responses":
+        yield from _responses_texts(data)
+        return
     if api.startswith("anthropic."):
         for block in data.get("content") or ():
             if isinstance(block, dict):
@@ -226,6 +275,7 @@ class Trace:
     __slots__ = (
         "admission",
         "attempts",
+        "cache_fill",
         "cache_hit",
         "error",
         "first_byte",
@@ -246,6 +296,7 @@ class Trace:
         self.upstream_model: str | None = None
         self.attempts = 0
         self.cache_hit = False
+        self.cache_fill: CacheFill | None = None  # a miss's answer, stored in the cache at settle
         self.admission: Admission | None = None  # limit reservations to settle
         self.error: str | None = None  # a failure after the response started (mid-stream)
         self.first_byte: float | None = None  # perf_counter when the first body byte went out
@@ -333,10 +384,13 @@ def build_record(
             + cached * (pricing.input_per_mtok if cached_price is None else cached_price)
             + meter.output_tokens * pricing.output_per_mtok
         ) / 1_000_000
+    cost_saved = 0.0
+    if trace.cache_hit:  # NOTE: a cache hit spends nothing; it saves what its answer cost
+        cost, cost_saved = 0.0, cost
     key = ctx.api_key
     now = time.perf_counter()
     return UsageRecord(
-        id=os.urandom(12).hex(),
+        id=f"{time.time_ns():016x}{os.urandom(6).hex()}",  # PERF: time-ordered: index appends
         ts=time.time(),
         request_id=ctx.request_id,
         api=ctx.api,
@@ -361,6 +415,7 @@ def build_record(
         ttfb_ms=round((trace.first_byte - started) * 1000, 3) if trace.first_byte else None,
         attempts=trace.attempts,
         cache_hit=trace.cache_hit,
+        cost_saved=cost_saved,
         config_version=version,
         prompt=ctx.raw[:_TEXT_LIMIT].decode("utf-8", "replace") if log_prompts else None,
         completion="".join(meter.text)[:_TEXT_LIMIT] if log_prompts and meter.text else None,
