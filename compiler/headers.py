@@ -80,6 +80,7 @@ DEFAULT_UPSTREAM_ALLOW: Final = (
     "anthropic-version",
     "anthropic-beta",
     "openai-organization",
+    "openai-project",
     "openai-beta",
 )
 """What the upstream request carries when no policy applies (plus the request id header)."""

@@ -89,6 +89,8 @@ def message_text(api: str, body: Any, scope: str) -> str:
         if scope != "system":
             _collect(body.get("input"), parts)
         return "\n".join(parts)
+    if api == "openai.responses":
+        return _responses_text(body, scope)
     if api.startswith("anthropic.") and scope in ("system", "all"):
         _collect(body.get("system"), parts)
     messages = body.get("messages")
@@ -109,6 +111,37 @@ def message_text(api: str, body: Any, scope: str) -> str:
             or (scope in ("user", "last_user") and role == "user")
         ):
             _collect(message.get("content"), parts)
+    return "\n".join(parts)
+
+
+def _responses_text(body: dict[str, Any], scope: str) -> str:
+    """`message_text` of a Responses body: ``instructions`` is a system prompt, a string
+    ``input`` one user message, and items are messages (and, for ``all``, tool outputs)."""
+    parts: list[str] = []
+    if scope in ("system", "all"):
+        _collect(body.get("instructions"), parts)
+    items = body.get("input")
+    if isinstance(items, str):
+        if scope != "system":
+            parts.append(items)
+        return "\n".join(parts)
+    if not isinstance(items, list):
+        return "\n".join(parts)
+    messages = [i for i in items if isinstance(i, dict) and i.get("type", "message") == "message"]
+    if scope == "last_user":
+        users = [m for m in messages if m.get("role") == "user"]
+        messages = users[-1:]
+    for item in items if scope == "all" else messages:
+        if not isinstance(item, dict):
+            continue
+        role = item.get("role")
+        if (
+            scope == "all"
+            or (scope == "system" and role in ("system", "developer"))
+            or (scope in ("user", "last_user") and role == "user")
+        ):
+            _collect(item.get("content"), parts)
+            _collect(item.get("output"), parts)
     return "\n".join(parts)
 
 

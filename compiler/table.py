@@ -23,6 +23,7 @@ APIS = (
     "openai.chat",
     "openai.completions",
     "openai.embeddings",
+    "openai.responses",
     "anthropic.messages",
     "anthropic.count_tokens",
 )
@@ -274,6 +275,7 @@ class ResponseHeaderNames:
     upstream: str | None = "x-interlock-upstream"
     model: str | None = "x-interlock-model"
     version: str | None = "x-interlock-config-version"
+    cache: str | None = "x-interlock-cache"
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,11 +349,12 @@ class UsageSettings:
 @dataclass(frozen=True, slots=True)
 class CachePolicy:
     name: str
-    state_id: str
+    state_id: str  # entries are namespaced by it: they survive a reload that keeps the policy
     ttl_s: float = 86400.0
     max_entries: int = 10000
     max_entry_bytes: int = 1024 * 1024
     only_deterministic: bool = True
+    scope: str = "project"  # key | project | org | global: whose requests share entries
 
 
 @dataclass(frozen=True, slots=True)

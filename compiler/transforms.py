@@ -312,19 +312,23 @@ def _apply(steps: Sequence[Step], body: Body, text: TextRewriter, *, stream_only
 def request_text(api: str) -> TextRewriter:
     """The text of a request: OpenAI chat ``messages[*].content`` (string or ``text`` parts),
     completions ``prompt``, embeddings ``input`` (string or list of strings), Anthropic
-    ``system`` and ``messages[*].content`` (string or ``text`` blocks; never tool inputs)."""
+    ``system`` and ``messages[*].content`` (string or ``text`` blocks; never tool inputs),
+    Responses ``instructions`` and ``input`` (a string, or the text parts of message items and
+    function call outputs)."""
     return _REQUEST_TEXT[api]
 
 
 def response_text(api: str) -> TextRewriter:
     """The generated text of a response: OpenAI chat ``choices[*].message.content``,
-    completions ``choices[*].text``, Anthropic ``content[*].text`` of ``text`` blocks."""
+    completions ``choices[*].text``, Anthropic ``content[*].text`` of ``text`` blocks, Responses
+    ``output[*].content[*].text`` of ``output_text`` parts."""
     return _RESPONSE_TEXT[api]
 
 
 def stream_text(api: str) -> TextRewriter:
     """The text of one stream chunk: OpenAI ``choices[*].delta.content`` / ``choices[*].text``,
-    Anthropic ``delta.text`` of a ``content_block_delta`` (and a text block's start)."""
+    Anthropic ``delta.text`` of a ``content_block_delta`` (and a text block's start), Responses
+    ``delta`` of ``response.output_text.delta`` (and the text the later events repeat)."""
     return _STREAM_TEXT[api]
 
 
@@ -431,11 +435,68 @@ def _no_text(body: Body, fn: Callable[[str], str]) -> int:
     return 0
 
 
+_RESPONSES_TEXT_PARTS = frozenset({"input_text", "output_text"})
+
+
+def _sub_parts(obj: Any, key: str, fn: Callable[[str], str]) -> int:
+    """``obj[key]`` as a string or a list of Responses parts (``input_text``, ``output_text``)."""
+    if not isinstance(obj, dict):
+        return 0
+    value = obj.get(key)
+    if isinstance(value, str):
+        return _sub_key(obj, key, fn)
+    parts = value if isinstance(value, list) else ()
+    return sum(
+        _sub_key(part, "text", fn)
+        for part in parts
+        if isinstance(part, dict) and part.get("type") in _RESPONSES_TEXT_PARTS
+    )
+
+
+def _responses_request(body: Body, fn: Callable[[str], str]) -> int:
+    changed = _sub_key(body, "instructions", fn)
+    if isinstance(body.get("input"), str):
+        return changed + _sub_key(body, "input", fn)
+    for item in _items(body, "input"):
+        if isinstance(item, dict) and item.get("type") == "function_call_output":
+            changed += _sub_parts(item, "output", fn)
+        elif isinstance(item, dict) and item.get("type", "message") == "message":
+            changed += _sub_parts(item, "content", fn)
+    return changed
+
+
+def _responses_output(output: Any, fn: Callable[[str], str]) -> int:
+    items = output if isinstance(output, list) else ()
+    return sum(_sub_parts(item, "content", fn) for item in items if isinstance(item, dict))
+
+
+def _responses_response(body: Body, fn: Callable[[str], str]) -> int:
+    return _responses_output(body.get("output"), fn)
+
+
+def _responses_event(event: Body, fn: Callable[[str], str]) -> int:
+    """Every place a Responses stream repeats the text: deltas, the ``.done`` events, the
+    finished items and the final response, so they stay consistent with each other."""
+    kind = event.get("type")
+    if kind == "response.output_text.delta":
+        return _sub_key(event, "delta", fn)
+    if kind == "response.output_text.done":
+        return _sub_key(event, "text", fn)
+    if kind in ("response.content_part.added", "response.content_part.done"):
+        part = event.get("part")
+        return _sub_parts({"content": [part]}, "content", fn)
+    if kind in ("response.output_item.added", "response.output_item.done"):
+        return _responses_output([event.get("item")], fn)
+    response = event.get("response")
+    return _responses_output(response.get("output"), fn) if isinstance(response, dict) else 0
+
+
 _REQUEST_TEXT: Final[Mapping[str, TextRewriter]] = MappingProxyType(
     {
         "openai.chat": _chat_request,
         "openai.completions": lambda body, fn: _sub_strings(body, "prompt", fn),
         "openai.embeddings": lambda body, fn: _sub_strings(body, "input", fn),
+        "openai.responses": _responses_request,
         "anthropic.messages": _anthropic_request,
         "anthropic.count_tokens": _anthropic_request,
     }
@@ -445,6 +506,7 @@ _RESPONSE_TEXT: Final[Mapping[str, TextRewriter]] = MappingProxyType(
         "openai.chat": _chat_response,
         "openai.completions": _completion_choices,
         "openai.embeddings": _no_text,
+        "openai.responses": _responses_response,
         "anthropic.messages": _anthropic_response,
         "anthropic.count_tokens": _no_text,
     }
@@ -454,6 +516,7 @@ _STREAM_TEXT: Final[Mapping[str, TextRewriter]] = MappingProxyType(
         "openai.chat": _chat_chunk,
         "openai.completions": _completion_choices,
         "openai.embeddings": _no_text,
+        "openai.responses": _responses_event,
         "anthropic.messages": _anthropic_event,
         "anthropic.count_tokens": _no_text,
     }

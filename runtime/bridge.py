@@ -12,6 +12,8 @@ bytes into the client's stream bytes::
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,6 +27,8 @@ from runtime.sse import NDJSONDecoder, SSEDecoder
 from runtime.translate import anthropic as tr_anthropic
 from runtime.translate import gigachat as tr_gigachat
 from runtime.translate import ollama as tr_ollama
+from runtime.translate import responses as tr_responses
+from runtime.translate.anthropic import count_request_chars, estimate_tokens
 from runtime.translate.anthropic_stream import (
     AnthropicToCompletionsStream,
     AnthropicToOpenAIStream,
@@ -32,6 +36,7 @@ from runtime.translate.anthropic_stream import (
 )
 from runtime.translate.common import new_id, now
 from runtime.translate.errors import to_anthropic_error, to_openai_error
+from runtime.translate.responses_stream import ChatToResponsesStream
 from runtime.upstream import UpstreamFailure
 
 _encode = msgspec.json.Encoder().encode
@@ -48,13 +53,18 @@ class Translator(Protocol):
     def finish(self) -> list[Event]: ...
 
 
+# (model, include_usage, prompt_tokens) -> the translator of one stream; `prompt_tokens` is an
+# estimate of the client's prompt, for a first event that must report usage before the upstream did
+TranslatorFactory = Callable[[str, bool, int], Translator]
+
+
 @dataclass(frozen=True, slots=True)
 class Bridge:
     path: str
     framing: str  # upstream stream framing: sse | ndjson
     request: Callable[[Body], Body] | None = None  # None: same protocol, forward as is
     response: Callable[[Body], Body] | None = None
-    translator: Callable[[str, bool], Translator] | None = None  # (model, include_usage)
+    translator: TranslatorFactory | None = None
     terminator: bytes = b"[DONE]"  # how a same-protocol upstream stream ends
     stream_usage: bool = False  # a translated stream asks for usage with OpenAI's stream_options
 
@@ -70,18 +80,23 @@ class Bridge:
         steps: Sequence[Step],
         api: str,
         trace: Trace | None = None,
+        request: Mapping[str, Any] | None = None,
     ) -> Relay:
         """The relay for one stream. With a `trace` (the request is metered) the upstream is
         always asked for usage, the meter sees every event, and a usage chunk the client did
-        not ask for is dropped."""
+        not ask for is dropped. `request` (the client's decoded body) gives a translated
+        Anthropic stream the prompt estimate its ``message_start`` reports."""
         metered = trace is not None
         if self.translator is None and not steps and (include_usage or not metered):
+            if api == "openai.responses":
+                return ResponsesRawRelay(api, self.terminator, trace)
             return RawRelay(api, self.terminator, trace)
-        translator = (
-            self.translator(model, include_usage or metered)
-            if self.translator is not None
-            else None
-        )
+        translator = None
+        if self.translator is not None:
+            prompt_tokens = 0
+            if request is not None and is_anthropic(api):
+                prompt_tokens = estimate_tokens(count_request_chars(request))
+            translator = self.translator(model, include_usage or metered, prompt_tokens)
         return EventRelay(
             api, self.framing, translator, tuple(steps), self.terminator, trace, include_usage
         )
@@ -153,6 +168,43 @@ class RawRelay:
         return self._tail.endswith((b"\n\n", b"\r\n\r\n")) or not self._tail
 
 
+_RESPONSES_END = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# NOTE: JSON escapes newlines inside strings, so a line start is the start of an event field.
+_RESPONSES_END_LINE = re.compile(
+    rb"\n(?:event: ?(?:response\.(?:completed|incomplete|failed)|error)\r?\n"
+    rb'|data: ?\{"type": ?"(?:response\.(?:completed|incomplete|failed)|error)")'
+)
+_SEQUENCE = re.compile(rb'(?<!\\)"sequence_number": ?(\d+)')
+
+
+class ResponsesRawRelay(RawRelay):
+    """`RawRelay` for a Responses stream, which has no ``[DONE]``: it ends with
+    ``response.completed`` / ``incomplete`` / ``failed`` (or ``error``), whose data is the
+    whole response, so the end is found by its event line as the bytes pass. `sequence` is the
+    number the next event would get (for an error event Interlock adds)."""
+
+    __slots__ = ("_ended", "sequence")
+
+    def __init__(self, api: str, terminator: bytes, trace: Trace | None = None) -> None:
+        super().__init__(api, terminator, trace)
+        self._ended = False
+        self.sequence = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        window = (self._tail[-64:] if self._tail else b"\n") + chunk
+        if not self._ended and _RESPONSES_END_LINE.search(window) is not None:
+            self._ended = True
+        numbers = _SEQUENCE.findall(window)
+        if numbers:
+            self.sequence = int(numbers[-1]) + 1
+        return super().feed(chunk)
+
+    def finish(self) -> bytes:
+        if self._ended:
+            return b""
+        raise UpstreamFailure("bad_response", "upstream stream ended before it was complete")
+
+
 class EventRelay:
     """Decode upstream events, translate them, run stream-safe transforms, encode for the client.
 
@@ -166,9 +218,11 @@ class EventRelay:
         "_failed",
         "_meter",
         "_ndjson",
+        "_responses",
         "_sse",
         "api",
         "include_usage",
+        "sequence",
         "steps",
         "terminator",
         "translator",
@@ -194,6 +248,8 @@ class EventRelay:
         self._ndjson = NDJSONDecoder() if framing == "ndjson" else None
         self._done = False
         self._failed = False
+        self._responses = api == "openai.responses"
+        self.sequence = 0  # Responses streams: the sequence number of the next event
 
     def feed(self, chunk: bytes) -> bytes:
         if self._failed:
@@ -207,7 +263,7 @@ class EventRelay:
             raise UpstreamFailure("bad_response", "upstream stream ended before it was complete")
         tail = self.translator.finish() if self.translator is not None else []
         out = self._emit(tail)
-        if not is_anthropic(self.api):
+        if not is_anthropic(self.api) and not self._responses:  # NOTE: Responses has no [DONE]
             out += b"data: [DONE]\n\n"
         return out
 
@@ -224,7 +280,11 @@ class EventRelay:
                     raise UpstreamFailure(
                         "bad_response", "upstream sent a malformed event"
                     ) from None
-                if event.event == "message_stop":
+                if event.event == "message_stop" or (
+                    self._responses
+                    and isinstance(data, dict)
+                    and data.get("type") in _RESPONSES_END
+                ):
                     self._done = True
                 self._failed = event.event == "error" or is_error_payload(data)
                 events.extend(self._translate(event.event, data))
@@ -253,7 +313,7 @@ class EventRelay:
 
     def _emit(self, events: list[Event]) -> bytes:
         parts = []
-        anthropic = is_anthropic(self.api)
+        named = is_anthropic(self.api) or self._responses
         meter = self._meter
         for name, data in events:
             usage_only = meter is not None and meter.observe_event(self.api, name, data)
@@ -261,8 +321,12 @@ class EventRelay:
                 continue  # NOTE: asked for the ledger, not by the client
             if self.steps and isinstance(data, dict):
                 apply_stream_steps(self.steps, data, self.api)
+            if self._responses and isinstance(data, dict):
+                number = data.get("sequence_number")
+                if isinstance(number, int):
+                    self.sequence = number + 1
             body = _encode(data)
-            if anthropic:
+            if named:
                 event = name or (data.get("type") if isinstance(data, dict) else None) or "message"
                 parts.append(b"event: " + event.encode() + b"\ndata: " + body + b"\n\n")
             else:
@@ -276,11 +340,26 @@ class EventRelay:
 class _OpenAIToAnthropicEvents:
     """Adapts `OpenAIToAnthropicStream` (chunk in) to the `Translator` shape."""
 
-    def __init__(self, model: str, include_usage: bool) -> None:
-        self.inner = OpenAIToAnthropicStream(model, message_id=new_id("msg_"))
+    def __init__(self, model: str, include_usage: bool, prompt_tokens: int = 0) -> None:
+        self.inner = OpenAIToAnthropicStream(
+            model, message_id=new_id("msg_"), input_tokens=prompt_tokens
+        )
 
     def feed(self, event: str | None, data: Any) -> list[Event]:
         return list(self.inner.feed(data))
+
+    def finish(self) -> list[Event]:
+        return list(self.inner.finish())
+
+
+class _ChatToResponsesEvents:
+    """Adapts `ChatToResponsesStream` (chunk in) to the `Translator` shape."""
+
+    def __init__(self, model: str, include_usage: bool, prompt_tokens: int = 0) -> None:
+        self.inner = ChatToResponsesStream(model)
+
+    def feed(self, event: str | None, data: Any) -> list[Event]:
+        return list(self.inner.feed(data)) if isinstance(data, dict) else []
 
     def finish(self) -> list[Event]:
         return list(self.inner.finish())
@@ -304,14 +383,12 @@ class _Chain:
         return out + self.second.finish()
 
 
-def _chunk_translator(
-    factory: Callable[..., Any], *, named: bool = True
-) -> Callable[[str, bool], Translator]:
+def _chunk_translator(factory: Callable[..., Any], *, named: bool = True) -> TranslatorFactory:
     """Wrap a translator whose `feed` returns OpenAI chunk dicts into the `Translator` shape;
     `named` translators take ``(event, data)`` (Anthropic SSE), others take ``(data)`` (NDJSON)."""
 
     class Wrapped:
-        def __init__(self, model: str, include_usage: bool) -> None:
+        def __init__(self, model: str, include_usage: bool, prompt_tokens: int = 0) -> None:
             self.inner = factory(
                 model,
                 include_usage=include_usage,
@@ -338,22 +415,51 @@ def _compose(*steps: Callable[[Body], Body]) -> Callable[[Body], Body]:
     return run
 
 
-def _anthropic_over(chat: Bridge) -> Bridge:
+def _anthropic_over(chat: Bridge, *, keep_top_k: bool = False) -> Bridge:
     """The ``anthropic.messages`` bridge over `chat`, an ``openai.chat`` bridge that translates:
-    requests go Anthropic -> OpenAI -> upstream, responses and streams come back the same way."""
+    requests go Anthropic -> OpenAI -> upstream, responses and streams come back the same way.
+    `keep_top_k`: the upstream samples with ``top_k`` (else a request with it is refused)."""
     to_upstream, from_upstream, to_openai = chat.request, chat.response, chat.translator
     if to_upstream is None or from_upstream is None or to_openai is None:
         raise ValueError("only a translating openai.chat bridge can carry anthropic.messages")
 
-    def translator(model: str, include_usage: bool) -> Translator:
+    def translator(model: str, include_usage: bool, prompt_tokens: int) -> Translator:
         # NOTE: the Anthropic stream always reports usage, so always ask the upstream for it.
-        return _Chain(to_openai(model, True), _OpenAIToAnthropicEvents(model, True))
+        return _Chain(
+            to_openai(model, True, prompt_tokens),
+            _OpenAIToAnthropicEvents(model, True, prompt_tokens),
+        )
 
     return Bridge(
         chat.path,
         chat.framing,
-        request=_compose(tr_anthropic.anthropic_to_openai_chat, to_upstream),
+        request=_compose(
+            functools.partial(tr_anthropic.anthropic_to_openai_chat, keep_top_k=keep_top_k),
+            to_upstream,
+        ),
         response=_compose(from_upstream, tr_anthropic.openai_response_to_anthropic),
+        translator=translator,
+    )
+
+
+def _responses_over(chat: Bridge) -> Bridge:
+    """The ``openai.responses`` bridge over `chat`, any ``openai.chat`` bridge (translating or
+    not): requests go Responses -> chat -> upstream, answers and streams come back the same way.
+    """
+    to_upstream, from_upstream, to_openai = chat.request, chat.response, chat.translator
+
+    def translator(model: str, include_usage: bool, prompt_tokens: int) -> Translator:
+        # NOTE: response.completed always reports usage, so always ask the upstream for it.
+        events = _ChatToResponsesEvents(model, True)
+        return events if to_openai is None else _Chain(to_openai(model, True, 0), events)
+
+    request = tr_responses.responses_to_chat
+    response = tr_responses.chat_to_response
+    return Bridge(
+        chat.path,
+        chat.framing,
+        request=request if to_upstream is None else _compose(request, to_upstream),
+        response=response if from_upstream is None else _compose(from_upstream, response),
         translator=translator,
     )
 
@@ -379,17 +485,26 @@ _GIGACHAT_CHAT = Bridge(
     translator=_chunk_translator(tr_gigachat.GigaChatToOpenAIStream, named=False),
 )
 
+_ANTHROPIC_CHAT = Bridge(
+    "/v1/messages",
+    "sse",
+    request=tr_anthropic.openai_chat_to_anthropic,
+    response=tr_anthropic.anthropic_response_to_openai,
+    translator=_chunk_translator(AnthropicToOpenAIStream),
+)
+# NOTE: only OpenAI itself is sure to serve /responses; other kind-openai-compatible servers get
+# chat completions
+_RESPONSES_OVER_CHAT = _responses_over(Bridge("/chat/completions", "sse"))
+
 _BRIDGES: Mapping[tuple[str, str], Bridge] = {
     **{(api, "openai"): Bridge(path, "sse") for api, path in _SAME_OPENAI.items()},
     ("anthropic.messages", "anthropic"): Bridge("/v1/messages", "sse", terminator=b"message_stop"),
     ("anthropic.count_tokens", "anthropic"): Bridge("/v1/messages/count_tokens", "sse"),
-    ("openai.chat", "anthropic"): Bridge(
-        "/v1/messages",
-        "sse",
-        request=tr_anthropic.openai_chat_to_anthropic,
-        response=tr_anthropic.anthropic_response_to_openai,
-        translator=_chunk_translator(AnthropicToOpenAIStream),
-    ),
+    ("openai.chat", "anthropic"): _ANTHROPIC_CHAT,
+    ("openai.responses", "openai"): Bridge("/responses", "sse", terminator=b"response.completed"),
+    ("openai.responses", "anthropic"): _responses_over(_ANTHROPIC_CHAT),
+    ("openai.responses", "ollama"): _responses_over(_OLLAMA_CHAT),
+    ("openai.responses", "gigachat"): _responses_over(_GIGACHAT_CHAT),
     ("openai.completions", "anthropic"): Bridge(
         "/v1/messages",
         "sse",
@@ -419,7 +534,7 @@ _BRIDGES: Mapping[tuple[str, str], Bridge] = {
         request=tr_ollama.embeddings_to_ollama,
         response=tr_ollama.ollama_embed_to_openai,
     ),
-    ("anthropic.messages", "ollama"): _anthropic_over(_OLLAMA_CHAT),
+    ("anthropic.messages", "ollama"): _anthropic_over(_OLLAMA_CHAT, keep_top_k=True),
     # NOTE: GigaChat has no legacy completions endpoint: openai.completions is a 400.
     ("openai.chat", "gigachat"): _GIGACHAT_CHAT,
     ("openai.embeddings", "gigachat"): Bridge(
@@ -432,9 +547,12 @@ _BRIDGES: Mapping[tuple[str, str], Bridge] = {
 }
 
 
-def bridge_for(api: str, family: str) -> Bridge | None:
-    """The bridge for `api` to a `family` upstream; None when that upstream cannot serve it
-    (``anthropic.count_tokens`` is then estimated locally by the caller)."""
+def bridge_for(api: str, family: str, kind: str = "openai") -> Bridge | None:
+    """The bridge for `api` to a `family` upstream of `kind`; None when that upstream cannot
+    serve it (``anthropic.count_tokens`` is then estimated locally by the caller). The Responses
+    API goes natively only to ``kind: openai``; an ``openai-compatible`` server gets chat."""
+    if api == "openai.responses" and family == "openai" and kind != "openai":
+        return _RESPONSES_OVER_CHAT
     found = _BRIDGES.get((api, family))
     if found is None and api != "anthropic.count_tokens":
         raise GatewayError(

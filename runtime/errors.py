@@ -57,9 +57,19 @@ def error_body(api: str, error: GatewayError) -> bytes:
     return _encode(body)
 
 
-def stream_error_event(api: str, error: GatewayError) -> bytes:
+def stream_error_event(api: str, error: GatewayError, sequence: int = 0) -> bytes:
     """The SSE event that reports a failure after a stream started (OpenAI: a data chunk with an
-    ``error`` object; Anthropic: ``event: error``)."""
+    ``error`` object; Anthropic: ``event: error``; Responses: an ``error`` event numbered
+    `sequence`, the stream's next sequence number)."""
+    if api == "openai.responses":
+        event = {
+            "type": "error",
+            "code": error.code or openai_error_type(error.status),
+            "message": error.message,
+            "param": error.param,
+            "sequence_number": sequence,
+        }
+        return b"event: error\ndata: " + _encode(event) + b"\n\n"
     body = error_body(api, error)
     if is_anthropic(api):
         return b"event: error\ndata: " + body + b"\n\n"

@@ -133,7 +133,7 @@ def _reservation(
     ctx: RequestContext, model: CompiledModel, policies: Sequence[LimitPolicy]
 ) -> tuple[int, float]:
     """Tokens and cost reserved at admission: the prompt's estimate plus the client's
-    `max_tokens` (or `max_completion_tokens`) when it set one."""
+    `max_tokens` (or `max_completion_tokens`, `max_output_tokens`) when it set one."""
     needs_tokens = any(
         p.tpm or p.tokens_per_day or p.tokens_per_month or p.cost_per_day or p.cost_per_month
         for p in policies
@@ -142,7 +142,12 @@ def _reservation(
         return 0, 0.0
     prompt = estimate_tokens(ctx.prompt_chars())
     body = ctx.body()
-    most = body.get("max_tokens") or body.get("max_completion_tokens") or 0
+    most = (
+        body.get("max_tokens")
+        or body.get("max_completion_tokens")
+        or body.get("max_output_tokens")  # the Responses API's
+        or 0
+    )
     output = most if isinstance(most, int) and not isinstance(most, bool) and most > 0 else 0
     pricing = model.pricing
     cost = 0.0

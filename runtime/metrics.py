@@ -10,6 +10,9 @@
     interlock_ledger_queue_depth  interlock_ledger_written_total  interlock_ledger_dropped_total
     interlock_ledger_write_errors_total  interlock_ledger_write_seconds
     interlock_limit_refusals_total  interlock_limit_backend_errors_total
+    interlock_cache_lookups_total{result}  (result: hit | miss | bypass)
+    interlock_cache_stores_total  interlock_cache_skipped_total
+    interlock_cache_backend_errors_total
 
 Label values are API names, status codes and config versions: never keys, bodies or headers.
 """
@@ -26,6 +29,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
+    from runtime.caching import CacheStats
     from runtime.state.ledger import Ledger, UsageRecord
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -99,6 +103,8 @@ class Metrics:
         self.registry.register(_LedgerCollector(lambda: self.ledger))
         self.limit_counts: Callable[[], tuple[int, int]] = lambda: (0, 0)
         self.registry.register(_LimitsCollector(lambda: self.limit_counts()))
+        self.cache_stats: Callable[[], CacheStats | None] = lambda: None  # None: no cache
+        self.registry.register(_CacheCollector(lambda: self.cache_stats()))
         self._children: dict[tuple[str, int], Counter] = {}
         self._histograms: dict[str, Histogram] = {}
         self._usage: dict[tuple[str, str, str, str], tuple[Counter, ...]] = {}
@@ -192,3 +198,37 @@ class _LimitsCollector(Collector):
         yield CounterMetricFamily(
             "interlock_limit_backend_errors", "Limits backend failures (Redis away).", errors
         )
+
+
+class _CacheCollector(Collector):
+    """The response cache's lookups by result, stores, answers not stored (too large, or a
+    stream that did not complete) and backend failures (each served as a miss)."""
+
+    def __init__(self, stats: Callable[[], CacheStats | None]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        if stats is None:
+            return
+        lookups = CounterMetricFamily(
+            "interlock_cache_lookups", "Response cache lookups, by result.", labels=["result"]
+        )
+        for result, value in (("hit", stats.hits), ("miss", stats.misses)):
+            lookups.add_metric([result], value)
+        lookups.add_metric(["bypass"], stats.bypasses)
+        yield lookups
+        for name, doc, value in (
+            ("interlock_cache_stores", "Answers stored in the response cache.", stats.stores),
+            (
+                "interlock_cache_skipped",
+                "Answers not stored: larger than max_entry_bytes, or a stream cut short.",
+                stats.skipped,
+            ),
+            (
+                "interlock_cache_backend_errors",
+                "Response cache backend failures (Redis away); served as misses.",
+                stats.errors,
+            ),
+        ):
+            yield CounterMetricFamily(name, doc, value)

@@ -21,6 +21,10 @@ import msgspec
 
 from compiler.matcher import message_text
 from compiler.table import MockSettings
+from runtime.errors import GatewayError
+from runtime.translate import TranslationError
+from runtime.translate.responses import chat_to_response, responses_to_chat
+from runtime.translate.responses_stream import ChatToResponsesStream
 from runtime.upstream import Reply, UpstreamFailure
 
 _encode = msgspec.json.Encoder().encode
@@ -56,6 +60,8 @@ class MockProvider:
             raise UpstreamFailure(
                 _failure_class(s.fail_status), s.fail_message, status=s.fail_status
             )
+        if api == "openai.responses":  # NOTE: answered as chat, then translated
+            return self._responses(body, model, stream=stream)
         answer = _Answer.of(api, body, s)
         if api == "openai.embeddings":
             return Reply(200, list(_JSON), _encode(_embeddings(body, model, answer)))
@@ -64,6 +70,26 @@ class MockProvider:
         if not stream:
             return Reply(200, list(_JSON), _encode(answer.whole(api, model)))
         return Reply(200, list(_SSE), chunks=self._stream(api, model, answer, include_usage))
+
+    def _responses(self, body: dict[str, Any], model: str, *, stream: bool) -> Reply:
+        try:
+            chat = responses_to_chat(body)
+        except TranslationError as exc:
+            raise GatewayError(400, exc.message, param=exc.param) from None
+        answer = _Answer.of("openai.chat", chat, self.settings)
+        if not stream:
+            return Reply(
+                200, list(_JSON), _encode(chat_to_response(answer.whole("openai.chat", model)))
+            )
+        return Reply(200, list(_SSE), chunks=self._responses_stream(model, answer))
+
+    async def _responses_stream(self, model: str, answer: _Answer) -> AsyncIterator[bytes]:
+        events = ChatToResponsesStream(model)
+        async for chunk in self._stream("openai.chat", model, answer, True):
+            data = chunk.removeprefix(b"data: ").rstrip()
+            pairs = events.finish() if data == b"[DONE]" else events.feed(msgspec.json.decode(data))
+            for name, event in pairs:
+                yield b"event: " + name.encode() + b"\ndata: " + _encode(event) + b"\n\n"
 
     async def _stream(
         self, api: str, model: str, answer: _Answer, include_usage: bool

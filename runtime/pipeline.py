@@ -35,6 +35,7 @@ from compiler.transforms import apply_request_steps, apply_response_steps
 from runtime.auth import check_model_allowed
 from runtime.balance import LatencyBook, RoundRobinBook, order_targets
 from runtime.bridge import Bridge, EventRelay, Relay, bridge_for
+from runtime.caching import CacheStats, plan_cache, prepare_fill, serve_hit
 from runtime.errors import GatewayError, is_anthropic, stream_error_event
 from runtime.limiting import Admission, admit, plan_limits
 from runtime.metering import Meter, decode_usage_body
@@ -42,6 +43,7 @@ from runtime.oauth import OAuthError, TokenSource
 from runtime.request import RequestContext
 from runtime.resilience import BreakerBook, classify_status, next_delay, should_retry
 from runtime.snapshot import ANTHROPIC_VERSION, PreparedUpstream, Snapshot
+from runtime.state.cache import ResponseCache
 from runtime.state.limits import Limiter
 from runtime.translate import TranslationError
 from runtime.translate.anthropic import count_request_chars, estimate_tokens
@@ -92,6 +94,8 @@ class GatewayState:
     clock: Callable[[], float] = time.time  # NOTE: wall clock for limit windows; tests inject
     limit_refusals: int = 0
     limit_backend_errors: int = 0
+    cache: ResponseCache | None = None  # response cache entries (by policy state id)
+    cache_stats: CacheStats = field(default_factory=CacheStats)
 
 
 @dataclass(slots=True)
@@ -103,6 +107,7 @@ class Outcome:
     route: str | None = None
     upstream: str | None = None
     model: str | None = None
+    cache: str | None = None  # hit | miss | bypass; None: no cache policy applied
 
 
 async def run_pipeline(state: GatewayState, snap: Snapshot, ctx: RequestContext) -> Outcome:
@@ -131,8 +136,7 @@ async def run_pipeline(state: GatewayState, snap: Snapshot, ctx: RequestContext)
         trace.model = model
     _edit_request(ctx, action)
     admission = await _admit(state, table, route, ctx, model)
-    call = _Call(state, snap, ctx, route, action, requested)
-    outcome = await call.run(model)
+    outcome = await _serve(state, snap, ctx, route, action, requested, model)
     if admission is not None:
         outcome.headers = [
             (n, v) for n, v in outcome.headers if not n.startswith(_DEFAULT_RESPONSE_PREFIXES)
@@ -172,6 +176,42 @@ async def _admit(
     else:
         ctx.trace.admission = admission
     return admission
+
+
+async def _serve(
+    state: GatewayState,
+    snap: Snapshot,
+    ctx: RequestContext,
+    route: CompiledRoute | None,
+    action: CompiledAction,
+    requested: str,
+    model: CompiledModel,
+) -> Outcome:
+    """The response cache's entry when one answers, else the upstream's (kept for the cache)."""
+    cache = state.cache
+    plan = None
+    if cache is not None and ctx.trace is not None:
+        plan = plan_cache(snap.table, route, ctx, model, requested)
+    if plan is not None and cache is not None and plan.lookup:
+        hit = await serve_hit(cache, plan, state.cache_stats, snap, route, ctx)
+        if hit is not None:
+            return Outcome(
+                200,
+                hit.headers,
+                hit.body,
+                stream=hit.stream,
+                route=route.name if route is not None else None,
+                upstream=hit.upstream,
+                model=hit.model,
+                cache="hit",
+            )
+    elif plan is not None:
+        state.cache_stats.bypasses += 1
+    outcome = await _Call(state, snap, ctx, route, action, requested).run(model)
+    if plan is not None:
+        outcome.cache = "miss" if plan.lookup else "bypass"
+        outcome.stream = prepare_fill(plan, ctx, outcome.status, outcome.body, outcome.stream)
+    return outcome
 
 
 def _edit_request(ctx: RequestContext, action: CompiledAction) -> None:
@@ -241,7 +281,7 @@ class _Call:
             if failure is None or failure.failure not in current.fallback_on:
                 break
             current = self._next_fallback(current, seen)
-        raise _final_error(failure)
+        raise _final_error(failure, self.ctx.api)
 
     def _next_fallback(self, model: CompiledModel, seen: set[str]) -> CompiledModel | None:
         for name in model.fallback_models:
@@ -314,7 +354,7 @@ class _Call:
                 include_usage=ctx.include_usage or ctx.trace is not None,
             )
             return await self._finish(upstream, None, reply, model_name)
-        bridge = bridge_for(ctx.api, upstream.family)
+        bridge = bridge_for(ctx.api, upstream.family, upstream.upstream.kind)
         if bridge is None:  # count_tokens on an upstream that cannot count: estimate
             chars = count_request_chars(ctx.body())
             estimate = _encode({"input_tokens": estimate_tokens(chars)})
@@ -323,14 +363,15 @@ class _Call:
             )
         payload = self._payload(bridge, target, model_name)
         headers = await self._headers(upstream, bridge)
+        path = _upstream_path(bridge, upstream.family, ctx.query)
         reply = await self.state.pool.send(
-            target.upstream, bridge.path, headers, payload, stream=ctx.stream
+            target.upstream, path, headers, payload, stream=ctx.stream
         )
         if reply.status == 401 and upstream.upstream.oauth is not None:
             self._token(upstream).invalidate()
             headers = await self._headers(upstream, bridge)
             reply = await self.state.pool.send(
-                target.upstream, bridge.path, headers, payload, stream=ctx.stream
+                target.upstream, path, headers, payload, stream=ctx.stream
             )
         return await self._finish(upstream, bridge, reply, model_name)
 
@@ -509,6 +550,7 @@ class _Call:
                 steps=self.response_steps,
                 api=ctx.api,
                 trace=ctx.trace,
+                request=ctx.body() if ctx.body_decoded else None,
             )
         else:  # the mock answers in the client's protocol already
             terminator = b"message_stop" if is_anthropic(ctx.api) else b"[DONE]"
@@ -560,6 +602,19 @@ class _Call:
         )
 
 
+def _upstream_path(bridge: Bridge, family: str, query: bytes) -> str:
+    """The bridge's path; an Anthropic upstream spoken to in the client's own protocol keeps the
+    Anthropic SDK's ``?beta=true`` (its beta client's requests, with ``anthropic-beta``)."""
+    if (
+        query
+        and family == "anthropic"
+        and bridge.same_protocol
+        and b"beta=true" in query.split(b"&")
+    ):
+        return bridge.path + "?beta=true"
+    return bridge.path
+
+
 _SET_BY_GATEWAY = frozenset({"content-type", "accept-encoding", "content-length"})
 _STREAM_USAGE_APIS = frozenset({"openai.chat", "openai.completions"})
 
@@ -603,7 +658,7 @@ async def _relay_stream(
                 yield tail
     except Exception as exc:  # NOTE: anything after the first byte must reach the client
         if isinstance(exc, UpstreamFailure):
-            error = _final_error(exc)
+            error = _final_error(exc, api)
         elif isinstance(exc, GatewayError):
             error = exc
         else:
@@ -617,12 +672,12 @@ async def _relay_stream(
         if ctx.trace is not None:
             ctx.trace.error = error.failure or error.code or "stream_error"
         prefix = b"" if getattr(relay, "at_boundary", True) else b"\n\n"
-        yield prefix + stream_error_event(api, error)
+        yield prefix + stream_error_event(api, error, getattr(relay, "sequence", 0))
     finally:
         await aclose()
 
 
-def _final_error(failure: UpstreamFailure | None) -> GatewayError:
+def _final_error(failure: UpstreamFailure | None, api: str = "openai.chat") -> GatewayError:
     no_retry = (("x-should-retry", "false"),)
     if failure is None:
         return GatewayError(
@@ -646,6 +701,11 @@ def _final_error(failure: UpstreamFailure | None) -> GatewayError:
         )
     if kind == "client_error":
         return GatewayError(failure.status or 400, failure.message, failure=kind)
+    if failure.status == 529:  # NOTE: Anthropic's overloaded_error; OpenAI's SDKs know it as 503
+        status = 529 if is_anthropic(api) else 503
+        return GatewayError(
+            status, failure.message, code="upstream_overloaded", headers=no_retry, failure=kind
+        )
     if kind == "rate_limited":
         retry_after = [(n, v) for n, v in failure.headers if n.lower() == "retry-after"]
         return GatewayError(

@@ -1,12 +1,12 @@
 """One client request as the pipeline sees it: raw bytes, the few fields routing needs, and the
 full decoded body only when something asks for it.
 
-msgspec decodes the body into a small per-API `*Head` Struct (model, stream, the required
-fields' presence and types) and ignores everything else; `body()` decodes the whole JSON lazily,
-once. A body nobody changed is forwarded as the original bytes::
+msgspec decodes the body into a small per-API `*Head` Struct (`runtime.heads`: the fields the
+gateway reads, with their types and ranges) and ignores everything else; `body()` decodes the
+whole JSON lazily, once. A body nobody changed is forwarded as the original bytes::
 
-    ctx = RequestContext.parse("openai.chat", b'{"model":"m","messages":[]}', headers, "rid")
-    ctx.model -> "m";  ctx.body()["messages"] -> []
+    ctx = RequestContext.parse("openai.chat", b'{"model":"m","messages":[{}]}', headers, "rid")
+    ctx.model -> "m";  ctx.body()["messages"] -> [{}]
 """
 
 from __future__ import annotations
@@ -19,53 +19,9 @@ import msgspec
 from compiler.matcher import message_text
 from compiler.table import ApiKey
 from runtime.errors import GatewayError
+from runtime.heads import DECODERS, Head, check_head
 from runtime.metering import Trace
 
-
-class StreamOptions(msgspec.Struct):
-    include_usage: bool | None = None
-
-
-class ChatHead(msgspec.Struct):
-    messages: list[msgspec.Raw]
-    model: str | None = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-
-
-class CompletionHead(msgspec.Struct):
-    prompt: msgspec.Raw
-    model: str | None = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-
-
-class EmbeddingHead(msgspec.Struct):
-    input: msgspec.Raw
-    model: str | None = None
-
-
-class MessagesHead(msgspec.Struct):
-    messages: list[msgspec.Raw]
-    max_tokens: int
-    model: str | None = None
-    stream: bool | None = None
-
-
-class CountTokensHead(msgspec.Struct):
-    messages: list[msgspec.Raw]
-    model: str | None = None
-
-
-Head = ChatHead | CompletionHead | EmbeddingHead | MessagesHead | CountTokensHead
-
-_DECODERS: Mapping[str, msgspec.json.Decoder[Any]] = {
-    "openai.chat": msgspec.json.Decoder(ChatHead),
-    "openai.completions": msgspec.json.Decoder(CompletionHead),
-    "openai.embeddings": msgspec.json.Decoder(EmbeddingHead),
-    "anthropic.messages": msgspec.json.Decoder(MessagesHead),
-    "anthropic.count_tokens": msgspec.json.Decoder(CountTokensHead),
-}
 _decode_any = msgspec.json.Decoder().decode
 
 
@@ -80,6 +36,7 @@ class RequestContext:
         "client_ip",
         "head",
         "headers",
+        "query",
         "raw",
         "request_id",
         "trace",
@@ -96,6 +53,7 @@ class RequestContext:
         self.api_key: ApiKey | None = None
         self.client_ip: str | None = None
         self.trace: Trace | None = None  # set when the request is metered (the ledger is on)
+        self.query = b""  # the client's query string (the Anthropic SDK's beta client: beta=true)
         self._body: dict[str, Any] | None = None
         self._texts: dict[str, str] | None = None
 
@@ -105,11 +63,12 @@ class RequestContext:
     ) -> RequestContext:
         """Decode the routing fields of `raw`; a malformed or ill-typed body is a 400."""
         try:
-            head = _DECODERS[api].decode(raw)
+            head = DECODERS[api].decode(raw)
         except msgspec.ValidationError as exc:
             raise GatewayError(400, f"invalid request body: {exc}", param=_param(exc)) from None
         except _UNREADABLE as exc:
             raise _unreadable(exc) from None
+        check_head(head)
         return cls(api, raw, head, headers, request_id)
 
     # --- MatchInput -----------------------------------------------------------------------
@@ -124,8 +83,11 @@ class RequestContext:
 
     @property
     def include_usage(self) -> bool:
+        """Whether the client's stream reports usage (a Responses stream always does)."""
+        if self.api == "openai.responses":
+            return True
         options = getattr(self.head, "stream_options", None)
-        return bool(options and options.include_usage)
+        return bool(options and getattr(options, "include_usage", None))
 
     @property
     def key(self) -> Mapping[str, str] | None:
@@ -182,8 +144,13 @@ def _unreadable(exc: BaseException) -> GatewayError:
 
 
 def _param(exc: msgspec.ValidationError) -> str | None:
+    """The top-level parameter a validation error is about: ``... - at `$.tools[0].name` `` ->
+    ``tools``; ``Object missing required field `max_tokens` `` -> ``max_tokens``."""
     text = str(exc)
     marker = "at `$."
     if marker in text:
         return text.split(marker, 1)[1].rstrip("`").split("[")[0].split(".")[0] or None
+    missing = "missing required field `"
+    if missing in text:
+        return text.split(missing, 1)[1].split("`", 1)[0] or None
     return None

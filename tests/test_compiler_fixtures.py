@@ -242,8 +242,8 @@ routes:
   - name: all
     match: {}
     action: {transforms: [hosts]}
-cache:
-  backend: {kind: memory}
+observability:
+  log_bodies: true
 """
 
 
@@ -254,7 +254,7 @@ cache:
         ("tls.verify_off", 7, 11),
         ("transform.not_stream_safe", 22, 14),
         ("budget.no_price", 18, 34),
-        ("config.not_enforced", 23, 1),
+        ("config.not_enforced", 24, 3),
     ],
 )
 def test_warnings_do_not_fail_the_compile(code: str, line: int, col: int) -> None:

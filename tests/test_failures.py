@@ -819,9 +819,9 @@ def test_upstream_400_passes_through_in_the_openai_shape(served: Served, up: Moc
     gw = served(one_model(oai(up, retry=retry(3))))
     body = {
         "error": {
-            "message": "temperature must be <= 2",
+            "message": "presence_penalty must be <= 2",
             "type": "invalid_request_error",
-            "param": "temperature",
+            "param": "presence_penalty",
             "code": "invalid_value",
         }
     }
@@ -830,7 +830,7 @@ def test_upstream_400_passes_through_in_the_openai_shape(served: Served, up: Moc
         client.chat.completions.create(
             model="m",
             messages=OPENAI_CHAT,
-            temperature=9,
+            presence_penalty=9,  # NOTE: not a field Interlock reads, so the upstream judges it
         )
     assert caught.value.body == body["error"]
     assert len(up.requests) == 1  # a client error is not retried

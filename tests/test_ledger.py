@@ -288,6 +288,7 @@ def test_metrics_and_admin_usage(
             "cached_tokens": 0,
             "cost": pytest.approx(cost(rows[0]["input_tokens"], rows[0]["output_tokens"])),
             "cache_hits": 0,
+            "cost_saved": 0.0,
         }
     ]
     assert rows[0]["input_tokens"] > 0

@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from runtime.state import ledger_stores
 from runtime.state.ledger import GROUP_FIELDS, TOTAL_FIELDS, LedgerStore, UsageRecord, day_of
 from runtime.state.ledger_stores import PostgresLedgerStore, open_ledger_store
 from runtime.state.stores import (
@@ -86,6 +87,7 @@ def mixed(count: int, start: int = 0, seed: int = 7) -> list[UsageRecord]:
             cached_tokens=rng.randrange(100),
             cost=rng.randrange(1, 64) / 64,  # NOTE: exact in binary, so sums compare exactly
             cache_hit=rng.random() < 0.2,
+            cost_saved=rng.randrange(0, 64) / 64,
         )
         for n in range(start, start + count)
     ]
@@ -110,7 +112,8 @@ def expected_report(
         key = tuple(dims[name] for name in [*fields, "currency"])
         row = groups.setdefault(key, {name: dims[name] for name in [*fields, "currency"]})
         counts = (1, r.status >= 400, r.input_tokens, r.output_tokens, r.cached_tokens)
-        for name, value in zip(TOTAL_FIELDS, (*counts, r.cost, r.cache_hit), strict=True):
+        totals = (*counts, r.cost, r.cache_hit, r.cost_saved)
+        for name, value in zip(TOTAL_FIELDS, totals, strict=True):
             row[name] = row.get(name, 0) + value
     return [groups[key] for key in sorted(groups, key=lambda k: [v or "" for v in k])]
 
@@ -147,6 +150,7 @@ FULL = UsageRecord(
     ttfb_ms=1.5,
     attempts=3,
     cache_hit=True,
+    cost_saved=0.5 + 0.25,
     config_version="sha256:abc",
     prompt='it\'s "quoted"; DROP TABLE usage_records; -- ✓ 🙂',
     completion="line 1\nline 2\t",
@@ -275,7 +279,7 @@ def test_report_rows_have_the_documented_shape_and_keep_currencies_apart(
             await store.write(batch)
             return await store.report(since=None, until="2026-12-31", group_by=["month", "key"])
 
-    zero = dict.fromkeys(TOTAL_FIELDS, 0) | {"cost": 0.0}
+    zero = dict.fromkeys(TOTAL_FIELDS, 0) | {"cost": 0.0, "cost_saved": 0.0}
     row = {"month": "2026-11"}
     assert asyncio.run(main()) == [
         {**row, "key": None, "currency": None, **zero, "requests": 1},
@@ -392,7 +396,68 @@ def test_opening_again_applies_no_migration_and_keeps_the_data(backend: Backend)
             return await store.records()
 
     assert asyncio.run(main()) == [FULL]
-    assert applied_versions(backend) == [("ledger", 1)]
+    assert applied_versions(backend) == [("ledger", 1), ("ledger", 2)]
+
+
+def test_a_version_1_store_gains_cost_saved_and_keeps_its_rows(backend: Backend) -> None:
+    """Step 2 (the response cache's `cost_saved`) on a store made by step 1 alone: old rows and
+    totals read back with cost_saved 0, new ones add up."""
+    migrate_ledger(backend, ledger_stores._SQLITE_STEPS[:1], ledger_stores._POSTGRES_STEPS[:1])
+    key = "'2026-11-29', 'a', '', '', 'm', '', 'USD'"
+    execute(backend, f"INSERT INTO usage_daily VALUES ({key}, 1, 0, 1, 1, 0, 0.5, 0)")
+    hit = record(1, key_id="a", model="m", currency="USD", cache_hit=True, cost_saved=0.25)
+
+    async def main() -> list[dict[str, Any]]:
+        async with opened(backend.store()) as store:
+            await store.write([hit])
+            return await store.report(since=None, until=None, group_by=["key"])
+
+    [row] = asyncio.run(main())
+    totals = (row["requests"], row["cost"], row["cache_hits"], row["cost_saved"])
+    assert totals == (2, 0.5, 1, 0.25)
+    assert applied_versions(backend) == [("ledger", 1), ("ledger", 2)]
+
+
+def migrate_ledger(backend: Backend, sqlite_steps: Sequence[str], pg_steps: Sequence[str]) -> None:
+    if backend.kind == "sqlite":
+        conn = connect_sqlite(backend.where)
+        try:
+            migrate_sqlite(conn, "ledger", sqlite_steps)
+        finally:
+            conn.close()
+        return
+
+    async def main() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(backend.where)
+        try:
+            await migrate_postgres(conn, "ledger", pg_steps)
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
+def execute(backend: Backend, sql: str) -> None:
+    if backend.kind == "sqlite":
+        conn = connect_sqlite(backend.where)
+        try:
+            conn.execute(sql)
+        finally:
+            conn.close()
+        return
+
+    async def main() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(backend.where)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
 
 
 async def opened_and_closed(store: LedgerStore) -> None:

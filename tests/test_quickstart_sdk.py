@@ -67,3 +67,17 @@ def test_h2c_prior_knowledge(gw: ServedGateway) -> None:
         )
     assert reply.http_version == "HTTP/2"
     assert reply.json()["choices"][0]["message"]["content"] == "Echo: over h2"
+
+
+def test_responses_and_model_retrieval(gw: ServedGateway) -> None:
+    openai_client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+    anthropic_client = anthropic.Anthropic(base_url=gw.url, api_key="unused", max_retries=0)
+    response = openai_client.responses.create(model="gpt-4o-mini", input="hello")
+    assert response.output_text == "Echo: hello"
+    with openai_client.responses.stream(model="gpt-4o-mini", input="stream") as stream:
+        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+    assert text == "Echo: stream"
+    assert openai_client.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
+    assert anthropic_client.models.retrieve("claude-haiku").display_name == "claude-haiku"
+    openai_client.close()
+    anthropic_client.close()

@@ -447,7 +447,7 @@ INVALID = {
         "$.routes[0]",
     ),
     "bad-api": (
-        ROUTE.replace("{}", "{api: [openai.responses]}") + "    action: {}",
+        ROUTE.replace("{}", "{api: [openai.assistants]}") + "    action: {}",
         "enum",
         "$.routes[0].match.api[0]",
     ),

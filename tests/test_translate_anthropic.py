@@ -302,7 +302,6 @@ def test_sampling_stop_stream_and_user() -> None:
             "n": 1,
             "seed": 3,
             "presence_penalty": 0.5,
-            "response_format": {"type": "json_object"},
         }
     )
     assert body == {
@@ -380,7 +379,6 @@ def test_anthropic_request_to_openai() -> None:
             "stop_sequences": ["END"],
             "temperature": 0.3,
             "top_p": 0.8,
-            "top_k": 5,
             "stream": True,
             "tools": [
                 {"name": "weather", "description": "Get weather", "input_schema": WEATHER_SCHEMA},
@@ -430,6 +428,7 @@ def test_anthropic_request_to_openai() -> None:
         "tool_choice": "auto",
         "parallel_tool_calls": False,
         "user": "u-1",
+        "reasoning_effort": "low",
     }
 
 

@@ -79,7 +79,7 @@ def test_chat_request_with_everything() -> None:
             "repetition_penalty": 1.1,
             "reasoning_effort": "low",
             "stop": ["STOP"],
-            "n": 2,
+            "n": 1,
             "seed": 7,
             "user": "u-1",
             "parallel_tool_calls": False,

@@ -3,7 +3,8 @@
 One `MockUpstream` speaks four wire protocols on their usual paths, so a test can point several
 Interlock upstreams at base URLs of the same server:
 
-    OpenAI     POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models
+    OpenAI     POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses;
+               GET /v1/models
     Anthropic  POST /v1/messages, /v1/messages/count_tokens
     Ollama     POST /api/chat, /api/generate, /api/embed; GET /api/tags
     GigaChat   POST /api/v2/oauth, /api/v1/chat/completions; GET /api/v1/models
@@ -11,7 +12,9 @@ Interlock upstreams at base URLs of the same server:
 Default behaviour is deterministic: a chat reply is ``"echo: <last user text>"``; usage counts
 whitespace-separated words; when the request offers tools and the last message is the user's, the
 reply calls the first tool with arguments built from its schema (``{"city": "Paris"}`` for a
-``city`` string). Streams split text at words and tool arguments into several deltas.
+``city`` string); with a JSON schema for the answer (chat ``response_format``, Responses
+``text.format``, Ollama ``format``) the reply is JSON built from it the same way. Streams split
+text at words and tool arguments into several deltas.
 
 Credentials: OpenAI needs ``Authorization: Bearer``; Anthropic needs ``anthropic-version`` and a key
 in ``x-api-key`` or ``Authorization: Bearer`` (anthropic SDK 2.x sends the latter); any key passes
@@ -222,6 +225,7 @@ class _Conversation:
     forced_tool: str | None = None
     tools_disabled: bool = False
     awaiting_answer: bool = False
+    schema: Any = None  # the JSON schema the answer must follow
 
 
 class _BadRequest(Exception):
@@ -405,6 +409,8 @@ def _answer(call: _Call, conversation: _Conversation) -> _Answer:
     elif conversation.awaiting_answer and conversation.tools and not conversation.tools_disabled:
         name = conversation.forced_tool or conversation.tools[0][0]
         tool = _ToolCall(name, example_arguments(schemas.get(name)), f"mock{call.seq}")
+    elif conversation.schema is not None:
+        text = json.dumps(example_arguments(conversation.schema))
     return _Answer(() if tool else _split_words(text), tool, conversation.prompt_tokens)
 
 
@@ -489,6 +495,8 @@ def _openai_conversation(body: Mapping[str, Any]) -> _Conversation:
     forced = None
     if isinstance(choice, Mapping) and isinstance(choice.get("function"), Mapping):
         forced = choice["function"].get("name")
+    response_format = body.get("response_format")
+    spec = response_format.get("json_schema") if isinstance(response_format, Mapping) else None
     return _Conversation(
         _last_user_text(messages),
         _prompt_tokens(messages),
@@ -496,6 +504,7 @@ def _openai_conversation(body: Mapping[str, Any]) -> _Conversation:
         forced,
         choice == "none",
         messages[-1].get("role") == "user",
+        spec.get("schema") if isinstance(spec, Mapping) else None,
     )
 
 
@@ -565,6 +574,115 @@ def _openai_stream(
     if with_usage:
         events.append(_sse({**head, "choices": [], "usage": usage}))
     return _sse_doc([*events, _DONE])
+
+
+def _responses_conversation(body: Mapping[str, Any]) -> _Conversation:
+    given = body.get("input")
+    items = [{"role": "user", "content": given}] if isinstance(given, str) else _listed(given)
+    if not items:
+        raise _BadRequest("input: field required (a string or a non-empty list)")
+    messages = [
+        {"role": i.get("role"), "content": _text_of(_parts(i.get("content")))}
+        for i in items
+        if i.get("type", "message") == "message"
+    ]
+    tools = tuple((t.get("name", ""), t.get("parameters")) for t in _listed(body.get("tools")))
+    choice = body.get("tool_choice")
+    text = body.get("text")
+    fmt = text.get("format") if isinstance(text, Mapping) else None
+    return _Conversation(
+        _last_user_text(messages),
+        _prompt_tokens(messages, body.get("instructions")),
+        tools,
+        choice.get("name") if isinstance(choice, Mapping) else None,
+        choice == "none",
+        items[-1].get("type", "message") == "message" and items[-1].get("role") == "user",
+        fmt.get("schema") if isinstance(fmt, Mapping) else None,
+    )
+
+
+def _parts(content: Any) -> Any:
+    """Responses parts (``input_text``/``output_text``) as text blocks, for `_text_of`."""
+    if not isinstance(content, list):
+        return content
+    return [{"text": p.get("text", "")} for p in _listed(content) if "text" in p]
+
+
+def _responses_output(call: _Call, answer: _Answer, done: bool) -> list[dict[str, Any]]:
+    if answer.tool is not None:
+        arguments = answer.tool.arguments_json if done else ""
+        return [
+            {"id": f"fc_mock{call.seq}", "type": "function_call",
+             "call_id": f"call_{answer.tool.id}", "name": answer.tool.name, "arguments": arguments,
+             "status": "completed" if done else "in_progress"}
+        ]  # fmt: skip
+    content = [{"type": "output_text", "text": answer.text, "annotations": [], "logprobs": []}]
+    return [
+        {"id": f"msg_mock{call.seq}", "type": "message", "role": "assistant",
+         "status": "completed" if done else "in_progress", "content": content if done else []}
+    ]  # fmt: skip
+
+
+def _render_openai_responses(call: _Call) -> _Rendered:
+    """The Responses API: the answer as output items; a stream follows the documented event
+    order, every event numbered, and ends with ``response.completed`` (no ``[DONE]``)."""
+    answer = _answer(call, _responses_conversation(call.body))
+    usage = {
+        "input_tokens": answer.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": answer.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+    }
+    response = {
+        "id": f"resp_mock{call.seq}", "object": "response", "created_at": int(time.time()),
+        "status": "completed", "error": None, "incomplete_details": None,
+        "instructions": call.body.get("instructions"), "model": call.model,
+        "output": _responses_output(call, answer, done=True), "parallel_tool_calls": True,
+        "tool_choice": call.body.get("tool_choice", "auto"), "tools": call.body.get("tools", []),
+        "usage": usage,
+    }  # fmt: skip
+    if not call.stream:
+        return _json_doc(response)
+    started = {**response, "status": "in_progress", "output": [], "usage": None}
+    (item,) = _responses_output(call, answer, done=False)
+    (final,) = response["output"]
+    at = {"item_id": item["id"], "output_index": 0}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": started},
+        {"type": "response.in_progress", "response": started},
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+    ]
+    if answer.tool is not None:
+        events += [
+            {"type": "response.function_call_arguments.delta", **at, "delta": piece}
+            for piece in _split_even(answer.tool.arguments_json)
+        ]
+        arguments = answer.tool.arguments_json
+        events.append(
+            {"type": "response.function_call_arguments.done", **at, "arguments": arguments}
+        )
+    else:
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        events.append(
+            {"type": "response.content_part.added", **at, "content_index": 0, "part": part}
+        )
+        events += [
+            {"type": "response.output_text.delta", **at, "content_index": 0, "delta": piece,
+             "logprobs": []}
+            for piece in answer.pieces
+        ]  # fmt: skip
+        events += [
+            {"type": "response.output_text.done", **at, "content_index": 0, "text": answer.text,
+             "logprobs": []},
+            {"type": "response.content_part.done", **at, "content_index": 0,
+             "part": final["content"][0]},
+        ]  # fmt: skip
+    events.append({"type": "response.output_item.done", "output_index": 0, "item": final})
+    events.append({"type": "response.completed", "response": response})
+    return _sse_doc(
+        _sse({**event, "sequence_number": n}, event=event["type"]) for n, event in enumerate(events)
+    )
 
 
 def _render_openai_completions(call: _Call) -> _Rendered:
@@ -719,6 +837,7 @@ def _render_ollama_chat(call: _Call) -> _Rendered:
         _prompt_tokens(messages),
         _function_tools(call.body),
         awaiting_answer=messages[-1].get("role") == "user",
+        schema=call.body.get("format") if isinstance(call.body.get("format"), Mapping) else None,
     )
     answer = _answer(call, conversation)
     head = {"model": call.model, "created_at": _now_iso()}
@@ -889,6 +1008,7 @@ _ENDPOINTS: Final = (
     _Endpoint("openai", "/v1/chat/completions", "POST", "bearer", _render_openai_chat, "opt_in"),
     _Endpoint("openai", "/v1/completions", "POST", "bearer", _render_openai_completions, "opt_in"),
     _Endpoint("openai", "/v1/embeddings", "POST", "bearer", _render_openai_embeddings),
+    _Endpoint("openai", "/v1/responses", "POST", "bearer", _render_openai_responses, "opt_in"),
     _Endpoint("openai", "/v1/models", "GET", "models", _render_models),
     _Endpoint(
         "anthropic", "/v1/messages", "POST", "anthropic", _render_anthropic_messages, "opt_in"

@@ -32,6 +32,7 @@ TOTAL_FIELDS = (
     "cached_tokens",
     "cost",
     "cache_hits",
+    "cost_saved",
 )
 
 
@@ -43,7 +44,8 @@ class UsageRecord(msgspec.Struct, frozen=True):
     calendar day is `day_of(ts)`. `input_tokens` counts every prompt token, cached ones
     included; `cached_tokens` is the part read from the provider's prompt cache. `cost` is in
     `currency` (None: the model has no pricing, cost 0). `error` is the failure class or error
-    code of a request that did not succeed (None on success)."""
+    code of a request that did not succeed (None on success). A response cache hit costs 0 and
+    carries the cost of the answer it replayed in `cost_saved`."""
 
     id: str
     ts: float
@@ -70,6 +72,7 @@ class UsageRecord(msgspec.Struct, frozen=True):
     ttfb_ms: float | None = None
     attempts: int = 0
     cache_hit: bool = False
+    cost_saved: float = 0.0
     config_version: str = ""
     prompt: str | None = None
     completion: str | None = None

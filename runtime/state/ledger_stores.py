@@ -35,6 +35,7 @@ COMPONENT = "ledger"
 _FIELDS: tuple[str, ...] = UsageRecord.__struct_fields__
 _RECORD_COLUMNS = (*_FIELDS, "day")
 _BOOLS = tuple(_FIELDS.index(name) for name in ("stream", "estimated", "cache_hit"))
+_MONEY = frozenset({"cost", "cost_saved"})  # the totals that are amounts, not counts
 _DAILY_KEY = ("day", "key_id", "project", "org", "model", "upstream", "currency")
 _GROUP_EXPRESSIONS = {name: name for name in GROUP_FIELDS} | {
     "key": "key_id",
@@ -62,6 +63,11 @@ _SQLITE_STEPS = (
         cache_hits INTEGER NOT NULL,
         PRIMARY KEY (day, key_id, project, org, model, upstream, currency)
     ) WITHOUT ROWID;
+    """,
+    # 2: response cache hits carry the cost they saved
+    """
+    ALTER TABLE usage_records ADD COLUMN cost_saved REAL NOT NULL DEFAULT 0;
+    ALTER TABLE usage_daily ADD COLUMN cost_saved REAL NOT NULL DEFAULT 0;
     """,
 )
 
@@ -91,6 +97,11 @@ _POSTGRES_STEPS = (
         cache_hits bigint NOT NULL,
         PRIMARY KEY (day, key_id, project, org, model, upstream, currency)
     );
+    """,
+    # 2: response cache hits carry the cost they saved
+    """
+    ALTER TABLE usage_records ADD COLUMN cost_saved double precision NOT NULL DEFAULT 0;
+    ALTER TABLE usage_daily ADD COLUMN cost_saved double precision NOT NULL DEFAULT 0;
     """,
 )
 
@@ -125,7 +136,7 @@ _PG_INSERT = (
 )
 _DAILY_TYPES = (
     *("text" for _ in _DAILY_KEY),
-    *("float8" if name == "cost" else "int8" for name in TOTAL_FIELDS),
+    *("float8" if name in _MONEY else "int8" for name in TOTAL_FIELDS),
 )
 _PG_DAILY = (
     f"INSERT INTO usage_daily ({_DAILY_COLUMNS}) SELECT * FROM unnest("
@@ -335,8 +346,10 @@ def report_query(
     # SECURITY: only whitelisted expressions reach the SQL text; values are arguments.
     groups = [*(_GROUP_EXPRESSIONS[name] for name in fields), "currency"]
     keys = [f"NULLIF({expr}, '')" for expr in groups]
-    totals = [f"CAST(SUM({name}) AS BIGINT)" for name in TOTAL_FIELDS if name != "cost"]
-    totals.insert(TOTAL_FIELDS.index("cost"), "CAST(SUM(cost) AS DOUBLE PRECISION)")
+    totals = [
+        f"CAST(SUM({name}) AS {'DOUBLE PRECISION' if name in _MONEY else 'BIGINT'})"
+        for name in TOTAL_FIELDS
+    ]
     where, args = [], []
     for op, day in ((">=", since), ("<=", until)):
         if day is not None:
@@ -359,7 +372,7 @@ def daily_rows(records: Iterable[tuple[UsageRecord, str]]) -> list[tuple[Any, ..
         key = (day, *(value or "" for value in dims))
         total = totals.get(key)
         if total is None:
-            total = totals[key] = [0, 0, 0, 0, 0, 0.0, 0]
+            total = totals[key] = [0, 0, 0, 0, 0, 0.0, 0, 0.0]
         total[0] += 1
         total[1] += r.status >= 400
         total[2] += r.input_tokens
@@ -367,6 +380,7 @@ def daily_rows(records: Iterable[tuple[UsageRecord, str]]) -> list[tuple[Any, ..
         total[4] += r.cached_tokens
         total[5] += r.cost
         total[6] += r.cache_hit
+        total[7] += r.cost_saved
     return [(*key, *total) for key, total in sorted(totals.items())]
 
 

@@ -8,6 +8,8 @@ Everything here works on JSON-decoded bodies (plain dicts) and never does I/O:
   `runtime.translate.anthropic`.
 - `runtime.translate.ollama`: OpenAI chat/completions/embeddings <-> Ollama's native API.
 - `runtime.translate.gigachat`: OpenAI chat/embeddings <-> GigaChat (functions, not tools).
+- `runtime.translate.responses`: the Responses API <-> OpenAI chat (requests, whole answers);
+  `runtime.translate.responses_stream`: chat chunks -> Responses stream events.
 - `runtime.translate.errors`: error bodies of each API and converters between them.
 - `runtime.translate.common`: helpers shared by the above (data URLs, tool arguments, chunks).
 

@@ -9,15 +9,25 @@ end-user id. Responses map content, tool calls, stop reason, usage and ids. Exam
     >>> body["system"], body["messages"], body["max_tokens"]
     ('Be brief.', [{'role': 'user', 'content': 'Hi'}], 4096)
 
-Dropped OpenAI -> Anthropic (no counterpart): ``n``, ``seed``, ``presence_penalty``,
-``frequency_penalty``, ``logit_bias``, ``logprobs``, ``top_logprobs``, ``response_format``,
-``reasoning_effort``, ``service_tier``, ``store``, ``metadata``, ``modalities``, ``audio``,
+``n`` above 1 is a `TranslationError` (one answer per request). ``reasoning_effort`` becomes
+``thinking`` with a token budget (`EFFORT_BUDGETS`; ``max_tokens`` grows by the budget, which
+Anthropic counts in it). The other way, ``thinking`` becomes ``reasoning_effort``,
+``output_config.format`` becomes ``response_format`` and ``output_config.effort``
+``reasoning_effort``; ``top_k`` is a `TranslationError` unless the target keeps it (Ollama).
+
+``response_format`` (``json_schema``, ``json_object``) becomes a tool, ``json_response``, whose
+input schema is the answer's (forced when it is the only tool, as LiteLLM does); the model's call
+of it comes back as the answer's text (`JSON_TOOL`), finish_reason ``stop``.
+
+Dropped OpenAI -> Anthropic (no counterpart): ``n: 1``, ``seed``, ``presence_penalty``,
+``frequency_penalty``, ``logit_bias``, ``logprobs``, ``top_logprobs``,
+``service_tier``, ``store``, ``metadata``, ``modalities``, ``audio``,
 ``prediction``, ``web_search_options``, ``stream_options`` (Anthropic streams always carry
 usage), legacy ``functions``/``function_call``, non-function tools, image ``detail``, audio parts,
 ``file`` parts other than base64 PDF, message ``name``, and ``top_p`` when ``temperature`` is also
 set (current Claude models reject both). ``temperature`` is clamped to Anthropic's 0..1.
 
-Dropped Anthropic -> OpenAI: ``top_k``, ``thinking``, ``service_tier``, ``container``,
+Dropped Anthropic -> OpenAI: ``service_tier``, ``container``,
 ``mcp_servers``, ``stop_sequence`` (which sequence matched), ``cache_control``, server tools and
 their blocks, thinking blocks, tool_result ``is_error`` and non-text tool_result content, image
 ``file`` sources, ``cache_creation_input_tokens`` (counted into ``prompt_tokens``).
@@ -34,6 +44,7 @@ from typing import Any, Literal
 
 from runtime.translate import TranslationError
 from runtime.translate.anthropic_stream import (
+    JSON_TOOL,
     AnthropicToCompletionsStream,
     AnthropicToOpenAIStream,
     OpenAIToAnthropicStream,
@@ -46,6 +57,7 @@ from runtime.translate.common import (
     dump_arguments,
     new_id,
     now,
+    one_choice,
     parse_arguments,
     parse_data_url,
     single_prompt,
@@ -53,6 +65,8 @@ from runtime.translate.common import (
 )
 
 __all__ = [
+    "EFFORT_BUDGETS",
+    "JSON_TOOL",
     "AnthropicToCompletionsStream",
     "AnthropicToOpenAIStream",
     "OpenAIToAnthropicStream",
@@ -74,6 +88,8 @@ _TOOL_CHOICE_TO_ANTHROPIC = {"auto": "auto", "none": "none", "required": "any"}
 _TOOL_CHOICE_TO_OPENAI = {"auto": "auto", "none": "none", "any": "required"}
 
 MaxTokensKey = Literal["max_tokens", "max_completion_tokens"]
+# reasoning_effort -> Anthropic thinking budget; "none" and "minimal" think not at all
+EFFORT_BUDGETS = {"low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}
 
 
 # --- requests: OpenAI -> Anthropic ----------------------------------------------------------
@@ -100,6 +116,12 @@ def openai_chat_to_anthropic(
     if max_tokens is None:
         max_tokens = body.get("max_tokens")
     out["max_tokens"] = default_max_tokens if max_tokens is None else max_tokens
+    one_choice(body)
+    budget = EFFORT_BUDGETS.get(str(body.get("reasoning_effort")))
+    if budget is not None and isinstance(out["max_tokens"], int):
+        # NOTE: Anthropic counts thinking in max_tokens and wants the budget below it
+        out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        out["max_tokens"] += budget
     _copy_sampling(body, out)
     stop = body.get("stop")
     if isinstance(stop, str):
@@ -109,9 +131,14 @@ def openai_chat_to_anthropic(
     if body.get("stream"):
         out["stream"] = True
     tools = _tools_to_anthropic(body.get("tools"))
+    answer_tool = _response_format_tool(body.get("response_format"))
+    if answer_tool is not None:
+        tools.append(answer_tool)
     if tools:
         out["tools"] = tools
         choice = _tool_choice_to_anthropic(body.get("tool_choice"), body.get("parallel_tool_calls"))
+        if answer_tool is not None and len(tools) == 1:
+            choice = {"type": "tool", "name": JSON_TOOL}
         if choice is not None:
             out["tool_choice"] = choice
     user = body.get("user")
@@ -317,6 +344,32 @@ def _tools_to_anthropic(tools: object) -> list[dict[str, Any]]:
     return out
 
 
+def _response_format_tool(response_format: object) -> dict[str, Any] | None:
+    """The tool that carries a ``response_format`` to Anthropic (None for plain text)."""
+    if not isinstance(response_format, Mapping):
+        return None
+    kind = response_format.get("type")
+    if kind == "json_object":
+        schema: object = {"type": "object"}
+    elif kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, Mapping) else None
+        if schema is None:
+            schema = {"type": "object"}
+        if not isinstance(schema, Mapping) or schema.get("type", "object") != "object":
+            raise TranslationError(
+                "this upstream needs a JSON schema whose root is an object",
+                param="response_format",
+            )
+    else:
+        return None
+    return {
+        "name": JSON_TOOL,
+        "description": "Give the answer: call this with the JSON object that is the answer.",
+        "input_schema": schema,
+    }
+
+
 def _tool_choice_to_anthropic(choice: object, parallel: object) -> dict[str, Any] | None:
     result: dict[str, Any] | None = None
     if isinstance(choice, str) and choice in _TOOL_CHOICE_TO_ANTHROPIC:
@@ -342,7 +395,10 @@ def _with_cache_control(block: dict[str, Any], source: Mapping[str, Any]) -> dic
 
 
 def anthropic_to_openai_chat(
-    body: Mapping[str, Any], *, max_tokens_key: MaxTokensKey = "max_tokens"
+    body: Mapping[str, Any],
+    *,
+    max_tokens_key: MaxTokensKey = "max_tokens",
+    keep_top_k: bool = False,
 ) -> dict[str, Any]:
     """An Anthropic ``/v1/messages`` body -> an OpenAI ``/v1/chat/completions`` body.
 
@@ -381,6 +437,11 @@ def anthropic_to_openai_chat(
             out[key] = body[key]
     if body.get("stop_sequences"):
         out["stop"] = list(body["stop_sequences"])
+    if body.get("top_k") is not None:
+        if not keep_top_k:
+            raise TranslationError("this upstream has no top_k sampling", param="top_k")
+        out["top_k"] = body["top_k"]
+    _reasoning_to_openai(body, out)
     if body.get("stream"):
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
@@ -397,6 +458,30 @@ def anthropic_to_openai_chat(
     if isinstance(user_id, str) and user_id:
         out["user"] = user_id
     return out
+
+
+def _reasoning_to_openai(body: Mapping[str, Any], out: dict[str, Any]) -> None:
+    """``thinking`` and ``output_config`` (``effort``, ``format``) as OpenAI parameters."""
+    thinking = body.get("thinking")
+    kind = thinking.get("type") if isinstance(thinking, Mapping) else None
+    if kind == "enabled" and isinstance(thinking, Mapping):
+        budget = thinking.get("budget_tokens")
+        budget = budget if isinstance(budget, int) else EFFORT_BUDGETS["medium"]
+        out["reasoning_effort"] = next(
+            (effort for effort, most in EFFORT_BUDGETS.items() if budget <= most), "xhigh"
+        )
+    elif kind == "adaptive":
+        out["reasoning_effort"] = "medium"
+    config = body.get("output_config")
+    if not isinstance(config, Mapping):
+        return
+    effort = config.get("effort")
+    if isinstance(effort, str):
+        out["reasoning_effort"] = "xhigh" if effort == "max" else effort
+    fmt = config.get("format")
+    if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
+        spec = {"name": "output", "schema": fmt.get("schema") or {"type": "object"}}
+        out["response_format"] = {"type": "json_schema", "json_schema": spec}
 
 
 def _is_text_block(block: object) -> bool:
@@ -535,8 +620,12 @@ def anthropic_response_to_openai(
     blocks become ``tool_calls``; stop_reason end_turn/stop_sequence -> ``stop``, max_tokens ->
     ``length``, tool_use -> ``tool_calls``, refusal -> ``content_filter``.
     """
-    message = _assistant_to_openai(resp.get("content") or [])
+    content, answered = _json_tool_as_text(resp.get("content"))
+    message = _assistant_to_openai(content)
     message["refusal"] = None
+    finish = openai_finish_reason(resp.get("stop_reason"))
+    if answered and finish == "tool_calls" and not message.get("tool_calls"):
+        finish = "stop"
     return {
         "id": openai_id(resp.get("id")),
         "object": "chat.completion",
@@ -547,11 +636,30 @@ def anthropic_response_to_openai(
                 "index": 0,
                 "message": message,
                 "logprobs": None,
-                "finish_reason": openai_finish_reason(resp.get("stop_reason")),
+                "finish_reason": finish,
             }
         ],
         "usage": anthropic_usage_to_openai(resp.get("usage")),
     }
+
+
+def _json_tool_as_text(content: object) -> tuple[list[Any], bool]:
+    """Content blocks with a call of `JSON_TOOL` turned into the text block it answers with;
+    True when there was one."""
+    blocks = content if isinstance(content, list) else []
+    out: list[Any] = []
+    answered = False
+    for block in blocks:
+        if (
+            isinstance(block, Mapping)
+            and block.get("type") == "tool_use"
+            and block.get("name") == JSON_TOOL
+        ):
+            answered = True
+            out.append({"type": "text", "text": dump_arguments(block.get("input"))})
+            continue
+        out.append(block)
+    return out, answered
 
 
 def anthropic_response_to_completions(

@@ -30,6 +30,7 @@ from runtime.translate.common import OpenAIChunkStream
 from runtime.translate.errors import to_anthropic_error, to_openai_error
 
 __all__ = [
+    "JSON_TOOL",
     "AnthropicToCompletionsStream",
     "AnthropicToOpenAIStream",
     "OpenAIToAnthropicStream",
@@ -56,6 +57,8 @@ _STOP_REASON_BY_FINISH = {
     "content_filter": "refusal",
 }
 _CLIENT_TOOL_BLOCKS = frozenset({"tool_use"})
+# NOTE: the tool that carries an OpenAI response_format to Anthropic; its input is the answer
+JSON_TOOL = "json_response"
 
 
 def openai_finish_reason(stop_reason: str | None) -> str:
@@ -133,6 +136,7 @@ class AnthropicToOpenAIStream(OpenAIChunkStream):
 
     __slots__ = (
         "_finish_sent",
+        "_json_blocks",
         "_stop_reason",
         "_tool_by_block",
         "_tool_count",
@@ -147,6 +151,7 @@ class AnthropicToOpenAIStream(OpenAIChunkStream):
         self._stop_reason: str | None = None
         self._tool_by_block: dict[int, int] = {}
         self._tool_count = 0
+        self._json_blocks: set[int] = set()  # calls of JSON_TOOL: their input is the answer text
         self._usage: dict[str, Any] = {}
 
     def feed(self, event: str | None, data: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -191,6 +196,8 @@ class AnthropicToOpenAIStream(OpenAIChunkStream):
             return [*self._start(), self._chunk({"content": text})] if text else []
         if kind == "input_json_delta":
             partial = delta.get("partial_json")
+            if partial and data.get("index", -1) in self._json_blocks:
+                return [*self._start(), self._chunk({"content": partial})]
             tool = self._tool_by_block.get(data.get("index", -1))
             if not partial or tool is None:
                 return []
@@ -205,6 +212,11 @@ class AnthropicToOpenAIStream(OpenAIChunkStream):
             return [*self._start(), self._chunk({"content": block["text"]})]
         if kind not in _CLIENT_TOOL_BLOCKS:
             return []
+        if block.get("name") == JSON_TOOL:
+            self._json_blocks.add(data.get("index", -1))
+            given = block.get("input")
+            text = json.dumps(given, ensure_ascii=False) if given else ""
+            return [*self._start(), *([self._chunk({"content": text})] if text else [])]
         tool = self._tool_count
         self._tool_count += 1
         self._tool_by_block[data.get("index", -1)] = tool
@@ -231,7 +243,10 @@ class AnthropicToOpenAIStream(OpenAIChunkStream):
 
     def _finish_chunk(self) -> dict[str, Any]:
         self._finish_sent = True
-        return self._chunk({}, openai_finish_reason(self._stop_reason))
+        finish = openai_finish_reason(self._stop_reason)
+        if finish == "tool_calls" and self._json_blocks and not self._tool_count:
+            finish = "stop"  # NOTE: the only call was the answer itself
+        return self._chunk({}, finish)
 
     def _owed_usage(self) -> list[dict[str, Any]]:
         if not self._include_usage or self._usage_sent:
@@ -300,7 +315,12 @@ class OpenAIToAnthropicStream:
     another starts. Tool calls are keyed by their OpenAI ``index``. The message is closed as soon
     as both a finish_reason and usage have been seen, or by `finish()`: an upstream that ends
     without a finish_reason still yields message_delta (``tool_use`` if tools were called, else
-    ``end_turn``) and message_stop; without usage the counts are 0.
+    ``end_turn``) and message_stop.
+
+    OpenAI reports usage only at the end, so ``message_start`` carries `input_tokens`, the
+    caller's estimate of the prompt (older Anthropic SDKs keep that value in the final message);
+    the final ``message_delta`` carries the upstream's exact counts, or the estimate and 0 output
+    tokens when the upstream reported none.
 
     Example: ``feed({"choices": [{"index": 0, "delta": {"content": "Hi"}}]})`` ->
     ``[("message_start", ...), ("content_block_start", {"index": 0, ...}),
@@ -310,6 +330,7 @@ class OpenAIToAnthropicStream:
     __slots__ = (
         "_closed",
         "_finish_reason",
+        "_input_estimate",
         "_last_tool",
         "_last_tool_id",
         "_message_id",
@@ -322,9 +343,10 @@ class OpenAIToAnthropicStream:
         "_usage",
     )
 
-    def __init__(self, model: str, *, message_id: str) -> None:
+    def __init__(self, model: str, *, message_id: str, input_tokens: int = 0) -> None:
         self._model = model
         self._message_id = message_id
+        self._input_estimate = input_tokens
         self._started = False
         self._closed = False
         self._open: int | None = None
@@ -375,7 +397,7 @@ class OpenAIToAnthropicStream:
         if self._started:
             return []
         self._started = True
-        usage = anthropic_usage(self._usage) if self._usage else {}
+        usage = self._client_usage()
         message: dict[str, Any] = {
             "id": self._message_id,
             "type": "message",
@@ -384,7 +406,7 @@ class OpenAIToAnthropicStream:
             "model": self._model,
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": usage.get("input_tokens", 0), "output_tokens": 0},
+            "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 0},
         }
         return [("message_start", {"type": "message_start", "message": message})]
 
@@ -451,11 +473,16 @@ class OpenAIToAnthropicStream:
         self._closed = True
         out = self._stop_open()
         stop_reason = anthropic_stop_reason(self._finish_reason, has_tools=bool(self._tools))
-        usage = anthropic_usage(self._usage)
+        usage = self._client_usage()
         delta = {"stop_reason": stop_reason, "stop_sequence": None}
         out.append(("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
         out.append(("message_stop", {"type": "message_stop"}))
         return out
+
+    def _client_usage(self) -> dict[str, Any]:
+        if self._usage:
+            return anthropic_usage(self._usage)
+        return {"input_tokens": self._input_estimate, "output_tokens": 0}
 
 
 def _block_delta(index: int, delta: dict[str, Any]) -> tuple[str, dict[str, Any]]:

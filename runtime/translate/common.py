@@ -25,6 +25,7 @@ __all__ = [
     "dump_arguments",
     "new_id",
     "now",
+    "one_choice",
     "parse_arguments",
     "parse_data_url",
     "single_prompt",
@@ -121,6 +122,15 @@ def single_prompt(body: Mapping[str, Any]) -> str:
     if isinstance(prompt, str):
         return prompt
     raise TranslationError("prompt must be a single string for this upstream", param="prompt")
+
+
+def one_choice(body: Mapping[str, Any]) -> None:
+    """Refuse ``n`` above 1 for an upstream that gives one answer per request: the client would
+    otherwise get one choice where it asked for several. ``one_choice({"n": 2})`` raises
+    `TranslationError` naming ``n``."""
+    n = body.get("n")
+    if isinstance(n, int) and not isinstance(n, bool) and n > 1:
+        raise TranslationError("this upstream gives one answer per request: n must be 1", param="n")
 
 
 def chat_chunk(

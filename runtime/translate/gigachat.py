@@ -27,7 +27,8 @@ no I/O), so a non-text content part raises `TranslationError`. ``temperature`` m
 GigaChat's (beta) ``{"type": "json_schema", "schema": ...}``. GigaChat's own parameters
 (``repetition_penalty``, ``update_interval``, ``profanity_check``, ``flags``) pass through.
 
-Dropped: ``stop`` (GigaChat has no stop sequences), ``n``, ``seed``, ``frequency_penalty``,
+``n`` above 1 is a `TranslationError`. Dropped: ``stop`` (GigaChat has no stop sequences),
+``n: 1``, ``seed``, ``frequency_penalty``,
 ``presence_penalty``, ``logit_bias``, ``logprobs``, ``top_logprobs``, ``parallel_tool_calls``
 (one call per answer anyway), ``user``, ``service_tier``, ``stream_options`` (GigaChat always
 sends usage, on the last chunk with choices; `GigaChatToOpenAIStream` moves or strips it),
@@ -49,6 +50,7 @@ from runtime.translate.common import (
     dump_arguments,
     new_id,
     now,
+    one_choice,
     parse_arguments,
     text_embedding_request,
     text_of,
@@ -78,6 +80,7 @@ def openai_chat_to_gigachat(body: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "model" in body:
         out["model"] = body["model"]
+    one_choice(body)
     out["messages"] = _messages_to_gigachat(body.get("messages"))
     out["stream"] = bool(body.get("stream"))
     functions = _functions(body.get("tools"))

@@ -9,15 +9,15 @@ Example::
     ([{'role': 'user', 'content': 'Hi'}], False, {'num_predict': 64})
 
 ``stream`` is always set explicitly (Ollama streams by default). Sampling goes to ``options``:
-temperature, top_p, num_predict (from max_completion_tokens or max_tokens), stop, seed,
-frequency_penalty, presence_penalty. ``response_format`` becomes ``format`` (``"json"`` or the
-schema). Images must be data: URLs (Ollama takes base64 only and this layer fetches nothing); an
-http URL raises `TranslationError`.
+temperature, top_p, top_k (an Anthropic client's), num_predict (from max_completion_tokens or
+max_tokens), stop, seed, frequency_penalty, presence_penalty. ``response_format`` becomes
+``format`` (``"json"`` or the schema). Images must be data: URLs (Ollama takes base64 only and
+this layer fetches nothing); an http URL raises `TranslationError`.
 
-Dropped: ``n``, ``logit_bias``, ``logprobs``, ``top_logprobs``, ``tool_choice``,
-``parallel_tool_calls``, ``user``, ``reasoning_effort``, ``service_tier``, ``stream_options``
-(usage always arrives on the final line), image ``detail``, non-image parts; in responses the
-model's ``thinking`` and Ollama's timing fields.
+``n`` above 1 is a `TranslationError`. Dropped: ``n: 1``, ``logit_bias``, ``logprobs``,
+``top_logprobs``, ``tool_choice``, ``parallel_tool_calls``, ``user``, ``reasoning_effort``,
+``service_tier``, ``stream_options`` (usage always arrives on the final line), image ``detail``,
+non-image parts; in responses the model's ``thinking`` and Ollama's timing fields.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from runtime.translate.common import (
     OpenAIChunkStream,
     new_id,
     now,
+    one_choice,
     parse_arguments,
     parse_data_url,
     single_prompt,
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-_OPTION_KEYS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty")
+_OPTION_KEYS = ("temperature", "top_p", "top_k", "seed", "frequency_penalty", "presence_penalty")
 
 
 def openai_chat_to_ollama(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -64,6 +65,7 @@ def openai_chat_to_ollama(body: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "model" in body:
         out["model"] = body["model"]
+    one_choice(body)
     out["messages"] = _messages_to_ollama(body.get("messages"))
     out["stream"] = bool(body.get("stream"))
     tools = [t for t in body.get("tools") or () if t.get("type", "function") == "function"]
