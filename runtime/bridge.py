@@ -91,6 +91,8 @@ class Bridge:
             if api == "openai.responses":
                 return ResponsesRawRelay(api, self.terminator, trace)
             return RawRelay(api, self.terminator, trace)
+        if self.translator is None and not steps and trace is not None and api in _CHUNK_APIS:
+            return UsageStripRelay(api, self.terminator, trace)
         translator = None
         if self.translator is not None:
             prompt_tokens = 0
@@ -123,6 +125,60 @@ def is_error_payload(data: Any) -> bool:
     """Whether a decoded stream event reports an error: Anthropic's ``{"type": "error", ...}``,
     an OpenAI-style ``{"error": {...}}`` chunk or an Ollama ``{"error": "..."}`` line."""
     return isinstance(data, dict) and (data.get("type") == "error" or bool(data.get("error")))
+
+
+_CHUNK_APIS = frozenset({"openai.chat", "openai.completions"})
+_USAGE_OBJECT = (b'"usage":{', b'"usage": {')
+
+
+class UsageStripRelay:
+    """Same protocol, an OpenAI stream whose client did not ask for usage (the gateway did, for
+    the ledger): bytes pass through untouched except the usage-only chunk, which is read and
+    dropped. PERF: events are found by their blank line; only an event holding a usage
+    *object* is decoded (the other chunks carry ``"usage":null``)."""
+
+    __slots__ = ("_buf", "_meter", "_raw", "api")
+
+    def __init__(self, api: str, terminator: bytes, trace: Trace) -> None:
+        self.api = api
+        self._raw = RawRelay(api, terminator, trace)
+        self._meter = trace.meter
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._buf + chunk
+        if b"\r" in data:  # NOTE: CRLF framing is equivalent to LF for SSE
+            data = data.replace(b"\r\n", b"\n")
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._buf = data
+            return b""
+        ready, self._buf = data[: end + 2], data[end + 2 :]
+        if any(marker in ready for marker in _USAGE_OBJECT):
+            ready = self._strip(ready)
+        return self._raw.feed(ready) if ready else b""
+
+    def finish(self) -> bytes:
+        tail = self._raw.feed(self._strip(self._buf)) if self._buf else b""
+        self._buf = b""
+        return tail + self._raw.finish()
+
+    @property
+    def at_boundary(self) -> bool:
+        return self._raw.at_boundary
+
+    def _strip(self, events: bytes) -> bytes:
+        kept = []
+        for event in events.split(b"\n\n"):
+            if any(marker in event for marker in _USAGE_OBJECT) and event.startswith(b"data: "):
+                try:
+                    data = _decode(event[6:])
+                except msgspec.DecodeError:
+                    data = None
+                if self._meter.observe_event(self.api, None, data):
+                    continue
+            kept.append(event)
+        return b"\n\n".join(kept)
 
 
 class RawRelay:

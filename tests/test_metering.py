@@ -282,3 +282,27 @@ def test_a_full_queue_counts_what_it_drops() -> None:
 
     ledger = asyncio.run(main())
     assert ledger.depth == 10 and ledger.dropped == 15
+
+
+# --- the usage-strip relay -------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cuts=st.lists(st.integers(min_value=0, max_value=4096), max_size=12),
+    crlf=st.booleans(),
+)
+def test_usage_strip_relay_passes_everything_but_the_usage_chunk(
+    cuts: list[int], crlf: bool
+) -> None:
+    from runtime.bridge import UsageStripRelay
+    from runtime.metering import Trace
+
+    upstream = OPENAI_STREAM.replace(b"\n", b"\r\n") if crlf else OPENAI_STREAM
+    trace = Trace()
+    relay = UsageStripRelay("openai.chat", b"[DONE]", trace)
+    out = b"".join(relay.feed(chunk) for chunk in chunked(upstream, cuts)) + relay.finish()
+    usage_event = OPENAI_STREAM.split(b"\n\n")[3] + b"\n\n"
+    assert out == OPENAI_STREAM.replace(usage_event, b"")
+    assert trace.meter.reported
+    assert (trace.meter.input_tokens, trace.meter.output_tokens) == (12, 2)
