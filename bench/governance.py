@@ -63,6 +63,15 @@ class Variant:
 
 
 # NOTE: new governance variants (limits on memory/redis, keys from a store) are one entry each.
+# NOTE: the bench key, and an rpm + tpm policy far above what the bench sends (a fresh policy
+# name per run would not matter: the counters are per policy state id and the windows are 60 s)
+_LIMITS = (
+    "auth:\n  keys:\n"
+    '    - {id: bench, hash: "sha256:0000000000bec400:'
+    'e69abd7704198fdbe53763bb03187d60e39ddfbefe3fb784292614c60ad689ee"}\n'
+    "limits:\n  default: [bench]\n  policies:\n"
+    "    bench: {scope: key, rpm: 100000000, tpm: 1000000000000}\n"
+)
 VARIANTS = (
     Variant("off", "ledger off"),
     Variant(
@@ -77,6 +86,12 @@ VARIANTS = (
         'usage:\n  store: {kind: postgres, url: "$pg_url"}\n',
         ledger="postgres",
         needs_postgres=True,
+    ),
+    Variant("limits-memory", "limits on, memory", _LIMITS + "  backend: {kind: memory}\n"),
+    Variant(
+        "limits-redis",
+        "limits on, Redis",
+        _LIMITS + '  backend: {kind: redis, url: "redis://127.0.0.1:6379/0"}\n',
     ),
 )
 BASELINE = VARIANTS[0]

@@ -347,6 +347,16 @@ def _lower_mock(spec: dict[str, Any]) -> MockSettings:
         fail_rate=fail.get("rate", 0.0),
         fail_status=fail.get("status", 500),
         fail_message=fail.get("message", "injected failure"),
+        tool_calls=_lower_mock_tool_calls(spec.get("tool_call")),
+    )
+
+
+def _lower_mock_tool_calls(spec: Any) -> tuple[tuple[str, str], ...]:
+    """``{name: Bash, arguments: {command: ls}}`` -> ``(("Bash", '{"command":"ls"}'),)``."""
+    calls = spec if isinstance(spec, list) else [spec] if isinstance(spec, dict) else []
+    return tuple(
+        (call["name"], json.dumps(call.get("arguments") or {}, separators=(",", ":")))
+        for call in calls
     )
 
 

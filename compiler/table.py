@@ -118,6 +118,7 @@ class MockSettings:
     fail_rate: float = 0.0
     fail_status: int = 500
     fail_message: str = "injected failure"
+    tool_calls: tuple[tuple[str, str], ...] = ()  # (name, JSON arguments), first offered wins
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +235,7 @@ class CompiledAction:
     transforms: tuple[TransformPipeline, ...] = ()
     limits: tuple[str, ...] | None = None  # None: the limits default applies
     cache: str | None = None
+    drop_unsupported: bool = False  # drop what the target protocol cannot honour, not a 400
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from compiler.transforms import Step, apply_stream_steps
 from runtime.errors import GatewayError, is_anthropic
 from runtime.metering import RawTap, Trace
 from runtime.sse import NDJSONDecoder, SSEDecoder
+from runtime.translate import TranslationError
 from runtime.translate import anthropic as tr_anthropic
 from runtime.translate import gigachat as tr_gigachat
 from runtime.translate import ollama as tr_ollama
@@ -37,6 +38,16 @@ from runtime.translate.anthropic_stream import (
 from runtime.translate.common import new_id, now
 from runtime.translate.errors import to_anthropic_error, to_openai_error
 from runtime.translate.responses_stream import ChatToResponsesStream
+from runtime.translate.unsupported import (
+    CHAT_TO_ANTHROPIC,
+    CHAT_TO_GIGACHAT,
+    CHAT_TO_OLLAMA,
+    COMPLETIONS_TO_ANTHROPIC,
+    COMPLETIONS_TO_OLLAMA,
+    EMBEDDINGS_TO_GIGACHAT,
+    MESSAGES_TO_CHAT,
+    refuse_unsupported,
+)
 from runtime.upstream import UpstreamFailure
 
 _encode = msgspec.json.Encoder().encode
@@ -471,6 +482,33 @@ def _compose(*steps: Callable[[Body], Body]) -> Callable[[Body], Body]:
     return run
 
 
+# chat fields an Anthropic request's translation produces -> the Anthropic fields they came from
+_MESSAGES_PARAMS = {
+    "stop": "stop_sequences",
+    "response_format": "output_config",
+    "reasoning_effort": "thinking",
+}
+
+
+def _naming_client_params(
+    translate: Callable[[Body], Body], names: Mapping[str, str]
+) -> Callable[[Body], Body]:
+    """`translate`, its refusals naming the client's field (`names`: translated -> client) so
+    that the 400 names what the client sent and ``drop_unsupported`` can remove it."""
+
+    def run(body: Body) -> Body:
+        try:
+            return translate(body)
+        except TranslationError as exc:
+            if exc.param not in names:
+                raise
+            param = names[exc.param]
+            message = exc.message.replace(exc.param, param)
+            raise TranslationError(message, param=param, droppable=exc.droppable) from None
+
+    return run
+
+
 def _anthropic_over(chat: Bridge, *, keep_top_k: bool = False) -> Bridge:
     """The ``anthropic.messages`` bridge over `chat`, an ``openai.chat`` bridge that translates:
     requests go Anthropic -> OpenAI -> upstream, responses and streams come back the same way.
@@ -489,9 +527,12 @@ def _anthropic_over(chat: Bridge, *, keep_top_k: bool = False) -> Bridge:
     return Bridge(
         chat.path,
         chat.framing,
-        request=_compose(
-            functools.partial(tr_anthropic.anthropic_to_openai_chat, keep_top_k=keep_top_k),
-            to_upstream,
+        request=refuse_unsupported(
+            MESSAGES_TO_CHAT,
+            _compose(
+                functools.partial(tr_anthropic.anthropic_to_openai_chat, keep_top_k=keep_top_k),
+                _naming_client_params(to_upstream, _MESSAGES_PARAMS),
+            ),
         ),
         response=_compose(from_upstream, tr_anthropic.openai_response_to_anthropic),
         translator=translator,
@@ -529,14 +570,14 @@ _SAME_OPENAI = {
 _OLLAMA_CHAT = Bridge(
     "/api/chat",
     "ndjson",
-    request=tr_ollama.openai_chat_to_ollama,
+    request=refuse_unsupported(CHAT_TO_OLLAMA, tr_ollama.openai_chat_to_ollama),
     response=tr_ollama.ollama_chat_to_openai,
     translator=_chunk_translator(tr_ollama.OllamaToOpenAIStream, named=False),
 )
 _GIGACHAT_CHAT = Bridge(
     "/chat/completions",
     "sse",
-    request=tr_gigachat.openai_chat_to_gigachat,
+    request=refuse_unsupported(CHAT_TO_GIGACHAT, tr_gigachat.openai_chat_to_gigachat),
     response=tr_gigachat.gigachat_to_openai_chat,
     translator=_chunk_translator(tr_gigachat.GigaChatToOpenAIStream, named=False),
 )
@@ -544,7 +585,7 @@ _GIGACHAT_CHAT = Bridge(
 _ANTHROPIC_CHAT = Bridge(
     "/v1/messages",
     "sse",
-    request=tr_anthropic.openai_chat_to_anthropic,
+    request=refuse_unsupported(CHAT_TO_ANTHROPIC, tr_anthropic.openai_chat_to_anthropic),
     response=tr_anthropic.anthropic_response_to_openai,
     translator=_chunk_translator(AnthropicToOpenAIStream),
 )
@@ -564,14 +605,14 @@ _BRIDGES: Mapping[tuple[str, str], Bridge] = {
     ("openai.completions", "anthropic"): Bridge(
         "/v1/messages",
         "sse",
-        request=tr_anthropic.completions_to_anthropic,
+        request=refuse_unsupported(COMPLETIONS_TO_ANTHROPIC, tr_anthropic.completions_to_anthropic),
         response=tr_anthropic.anthropic_response_to_completions,
         translator=_chunk_translator(AnthropicToCompletionsStream),
     ),
     ("anthropic.messages", "openai"): Bridge(
         "/chat/completions",
         "sse",
-        request=tr_anthropic.anthropic_to_openai_chat,
+        request=refuse_unsupported(MESSAGES_TO_CHAT, tr_anthropic.anthropic_to_openai_chat),
         response=tr_anthropic.openai_response_to_anthropic,
         translator=_OpenAIToAnthropicEvents,
         stream_usage=True,
@@ -580,7 +621,7 @@ _BRIDGES: Mapping[tuple[str, str], Bridge] = {
     ("openai.completions", "ollama"): Bridge(
         "/api/generate",
         "ndjson",
-        request=tr_ollama.completions_to_ollama,
+        request=refuse_unsupported(COMPLETIONS_TO_OLLAMA, tr_ollama.completions_to_ollama),
         response=tr_ollama.ollama_generate_to_completions,
         translator=_chunk_translator(tr_ollama.OllamaToCompletionsStream, named=False),
     ),
@@ -596,7 +637,7 @@ _BRIDGES: Mapping[tuple[str, str], Bridge] = {
     ("openai.embeddings", "gigachat"): Bridge(
         "/embeddings",
         "sse",
-        request=tr_gigachat.embeddings_to_gigachat,
+        request=refuse_unsupported(EMBEDDINGS_TO_GIGACHAT, tr_gigachat.embeddings_to_gigachat),
         response=tr_gigachat.gigachat_embed_to_openai,
     ),
     ("anthropic.messages", "gigachat"): _anthropic_over(_GIGACHAT_CHAT),

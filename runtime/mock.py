@@ -113,20 +113,17 @@ class _Answer(msgspec.Struct):
     prompt_tokens: int
     completion_tokens: int
     ident: str
+    arguments: str = "{}"
 
     @classmethod
     def of(cls, api: str, body: dict[str, Any], s: MockSettings) -> _Answer:
         said = message_text(api, body, "last_user")
         text = s.reply if s.reply is not None else (f"Echo: {said}" if said else _DEFAULT_REPLY)
-        tools = body.get("tools")
-        tool = None
-        if isinstance(tools, list) and tools and _awaits_answer(body):
-            first = tools[0] if isinstance(tools[0], dict) else {}
-            tool = str((first.get("function") or first).get("name") or "tool")
+        tool, arguments = _pick_tool(body, s) if _awaits_answer(body) else (None, "{}")
         prompt = s.prompt_tokens or max(1, len(message_text(api, body, "all")) // 4)
         completion = s.completion_tokens or max(1, len(text.split()))
         ident = hashlib.sha256(f"{time.time_ns()}{said}".encode()).hexdigest()[:24]
-        return cls(text, tool, prompt, completion, ident)
+        return cls(text, tool, prompt, completion, ident, arguments)
 
     def openai_usage(self) -> dict[str, int]:
         total = self.prompt_tokens + self.completion_tokens
@@ -143,7 +140,7 @@ class _Answer(msgspec.Struct):
         return {
             "id": f"call_{self.ident[:12]}",
             "type": "function",
-            "function": {"name": self.tool, "arguments": "{}"},
+            "function": {"name": self.tool, "arguments": self.arguments},
         }
 
     def whole(self, api: str, model: str) -> dict[str, Any]:
@@ -156,7 +153,7 @@ class _Answer(msgspec.Struct):
                         "type": "tool_use",
                         "id": f"toolu_{self.ident[:12]}",
                         "name": self.tool,
-                        "input": {},
+                        "input": msgspec.json.decode(self.arguments),
                     }
                 )
             return {
@@ -302,7 +299,7 @@ class _Answer(msgspec.Struct):
                     {
                         "type": "content_block_delta",
                         "index": 1,
-                        "delta": {"type": "input_json_delta", "partial_json": "{}"},
+                        "delta": {"type": "input_json_delta", "partial_json": self.arguments},
                     },
                 )
             )
@@ -324,13 +321,39 @@ class _Answer(msgspec.Struct):
         return out
 
 
+def _pick_tool(body: dict[str, Any], s: MockSettings) -> tuple[str | None, str]:
+    """The tool to call and its JSON arguments: the first of `s.tool_calls` the request offers,
+    or (without ``tool_calls``) the first offered tool with ``{}``; ``(None, "{}")`` for none."""
+    tools = body.get("tools")
+    if not (isinstance(tools, list) and tools):
+        return None, "{}"
+    names = [
+        str((tool.get("function") or tool).get("name") or "tool")
+        for tool in tools
+        if isinstance(tool, dict)
+    ]
+    if not s.tool_calls:
+        return (names[0] if names else "tool"), "{}"
+    offered = set(names)
+    return next(((n, a) for n, a in s.tool_calls if n in offered), (None, "{}"))
+
+
 def _awaits_answer(body: dict[str, Any]) -> bool:
     """Whether the last message is the user's own turn, not a tool result handed back (an
     Anthropic ``tool_result`` block is sent in a user message): only then is a tool called."""
     messages = body.get("messages")
-    if not (isinstance(messages, list) and messages and isinstance(messages[-1], dict)):
+    turns = (
+        [
+            m
+            for m in messages
+            if isinstance(m, dict) and m.get("role") not in ("system", "developer")
+        ]
+        if isinstance(messages, list)
+        else []
+    )
+    if not turns:  # NOTE: Claude Code ends with a mid-conversation system message; skip those
         return False
-    last = messages[-1]
+    last = turns[-1]
     content = last.get("content")
     results = isinstance(content, list) and any(
         isinstance(block, dict) and block.get("type") == "tool_result" for block in content

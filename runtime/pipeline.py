@@ -47,6 +47,8 @@ from runtime.state.cache import ResponseCache
 from runtime.state.limits import Limiter
 from runtime.translate import TranslationError
 from runtime.translate.anthropic import count_request_chars, estimate_tokens
+from runtime.translate.responses import hosted_tools
+from runtime.translate.unsupported import translate_dropping
 from runtime.upstream import Reply, UpstreamFailure, UpstreamPool
 
 _LOG = logging.getLogger("interlock")
@@ -70,6 +72,7 @@ _RESPONSE_DROP = frozenset(
     }
 )
 _DEFAULT_RESPONSE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+DROPPED_PARAMS_HEADER = "x-interlock-dropped-params"
 _BREAKER_NEUTRAL = frozenset({"client_error"})
 
 
@@ -261,6 +264,7 @@ class _Call:
         self.action = action
         self.requested = requested
         self.response_steps = tuple(s for t in action.transforms for s in t.response)
+        self.dropped: tuple[str, ...] = ()  # what drop_unsupported removed for the current target
 
     async def run(self, model: CompiledModel) -> Outcome:
         failure: UpstreamFailure | None = None
@@ -343,6 +347,7 @@ class _Call:
         self, upstream: PreparedUpstream, target: CompiledTarget, model_name: str
     ) -> Outcome:
         ctx = self.ctx
+        self.dropped = ()
         if upstream.mock is not None:
             body = dict(ctx.body())
             body.update(target.params)
@@ -405,9 +410,14 @@ class _Call:
             }
         if bridge.request is not None:
             try:
-                body = bridge.request(body)
+                if self.action.drop_unsupported:
+                    body, self.dropped = translate_dropping(bridge.request, body)
+                else:
+                    body = bridge.request(body)
             except TranslationError as exc:
                 raise GatewayError(400, exc.message, param=exc.param) from None
+            if ctx.api == "openai.responses":  # NOTE: translation dropped the hosted tools
+                self.dropped += hosted_tools(ctx.body())
             if ctx.stream and bridge.stream_usage:  # the translator needs the upstream's usage
                 body["stream_options"] = {"include_usage": True}
         return _encode(body)
@@ -592,6 +602,8 @@ class _Call:
         upstream: PreparedUpstream,
         model_name: str | None,
     ) -> Outcome:
+        if self.dropped:
+            headers.append((DROPPED_PARAMS_HEADER, ",".join(self.dropped)))
         return Outcome(
             status,
             headers,

@@ -257,7 +257,12 @@ def test_response_format() -> None:
     assert openai_chat_to_gigachat({"messages": [], "response_format": json_schema})[
         "response_format"
     ] == {"type": "json_schema", "schema": schema, "strict": True}
-    for dropped in ({"type": "json_object"}, {"type": "text"}, {"type": "json_schema"}):
+    json_object = {"messages": [], "response_format": {"type": "json_object"}}
+    assert openai_chat_to_gigachat(json_object)["response_format"] == {
+        "type": "json_schema",
+        "schema": {"type": "object"},
+    }
+    for dropped in ({"type": "text"}, {"type": "json_schema"}):
         assert "response_format" not in openai_chat_to_gigachat(
             {"messages": [], "response_format": dropped}
         )

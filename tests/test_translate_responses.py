@@ -27,7 +27,7 @@ from runtime.translate.anthropic import (
     anthropic_response_to_openai,
     openai_chat_to_anthropic,
 )
-from runtime.translate.responses import chat_to_response, responses_to_chat
+from runtime.translate.responses import chat_to_response, hosted_tools, responses_to_chat
 from runtime.translate.responses_stream import ChatToResponsesStream
 from runtime.upstream import UpstreamFailure
 
@@ -153,7 +153,6 @@ def test_tools_choice_format_and_sampling() -> None:
             "input[0].content[0]",
         ),
         ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
-        ({"input": "x", "tools": [{"type": "file_search", "vector_store_ids": []}]}, "tools[0]"),
         ({"input": "x", "tool_choice": {"type": "web_search_preview"}}, "tool_choice"),
         ({"input": 3}, "input"),
     ],
@@ -533,3 +532,12 @@ def test_native_bridge_only_for_openai_itself() -> None:
     for family in ("anthropic", "ollama", "gigachat"):
         bridge = bridge_for("openai.responses", family)
         assert bridge is not None and not bridge.same_protocol
+
+
+def test_hosted_tools_are_dropped_or_refused() -> None:
+    body = {"input": "x", "tools": [{"type": "file_search", "vector_store_ids": []}]}
+    assert "tools" not in responses_to_chat(body)
+    assert hosted_tools(body) == ("tools[0]",)
+    with pytest.raises(TranslationError) as caught:
+        responses_to_chat(body, drop_hosted=False)
+    assert caught.value.param == "tools[0]"

@@ -26,9 +26,13 @@ class TranslationError(ValueError):
     """A request that the target API cannot express, e.g. an http image URL for Ollama.
 
     ``param`` is the offending JSON path in the client's body (``messages[2].content[0]``).
+    ``droppable``: the request would still make sense without ``param`` (a top-level field, or
+    one element of a top-level list such as ``tools[1]``), so a route with ``drop_unsupported``
+    may remove it and translate again instead of refusing.
     """
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, droppable: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.droppable = droppable

@@ -141,7 +141,7 @@ def openai_chat_to_anthropic(
             choice = {"type": "tool", "name": JSON_TOOL}
         if choice is not None:
             out["tool_choice"] = choice
-    user = body.get("user")
+    user = body.get("user") or body.get("safety_identifier")
     if isinstance(user, str) and user:
         out["metadata"] = {"user_id": user}
     return out
@@ -160,7 +160,7 @@ def completions_to_anthropic(
     prompt = single_prompt(body)
     chat: dict[str, Any] = {
         key: body[key]
-        for key in ("model", "max_tokens", "temperature", "top_p", "stop", "stream", "user")
+        for key in ("model", "max_tokens", "temperature", "top_p", "stop", "stream", "user", "n")
         if key in body
     }
     chat["messages"] = [{"role": "user", "content": prompt}]
@@ -360,6 +360,7 @@ def _response_format_tool(response_format: object) -> dict[str, Any] | None:
             raise TranslationError(
                 "this upstream needs a JSON schema whose root is an object",
                 param="response_format",
+                droppable=True,
             )
     else:
         return None
@@ -425,8 +426,11 @@ def anthropic_to_openai_chat(
     for i, msg in enumerate(raw_messages):
         if not isinstance(msg, Mapping):
             raise TranslationError("message must be an object", param=f"messages[{i}]")
-        if msg.get("role") == "assistant":
+        role = msg.get("role")
+        if role == "assistant":
             messages.append(_assistant_to_openai(msg.get("content")))
+        elif role in ("system", "developer"):  # NOTE: Claude Code sends them mid-conversation
+            messages.append({"role": role, "content": _system_text(msg.get("content"))})
         else:
             messages.extend(_user_to_openai(msg.get("content")))
     out["messages"] = messages
@@ -439,7 +443,9 @@ def anthropic_to_openai_chat(
         out["stop"] = list(body["stop_sequences"])
     if body.get("top_k") is not None:
         if not keep_top_k:
-            raise TranslationError("this upstream has no top_k sampling", param="top_k")
+            raise TranslationError(
+                "this upstream has no top_k sampling", param="top_k", droppable=True
+            )
         out["top_k"] = body["top_k"]
     _reasoning_to_openai(body, out)
     if body.get("stream"):
@@ -458,6 +464,14 @@ def anthropic_to_openai_chat(
     if isinstance(user_id, str) and user_id:
         out["user"] = user_id
     return out
+
+
+def _system_text(content: object) -> str:
+    """A mid-conversation system message's text: a string, or its text blocks joined."""
+    if isinstance(content, str):
+        return content
+    blocks = content if isinstance(content, list) else ()
+    return "\n".join(b["text"] for b in blocks if _is_text_block(b))
 
 
 def _reasoning_to_openai(body: Mapping[str, Any], out: dict[str, Any]) -> None:

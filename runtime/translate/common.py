@@ -130,7 +130,9 @@ def one_choice(body: Mapping[str, Any]) -> None:
     `TranslationError` naming ``n``."""
     n = body.get("n")
     if isinstance(n, int) and not isinstance(n, bool) and n > 1:
-        raise TranslationError("this upstream gives one answer per request: n must be 1", param="n")
+        raise TranslationError(
+            "this upstream gives one answer per request: n must be 1", param="n", droppable=True
+        )
 
 
 def chat_chunk(

@@ -68,7 +68,7 @@ __all__ = [
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 _RESULT_ROLES = frozenset({"tool", "function"})
 _PASSTHROUGH = ("repetition_penalty", "update_interval", "profanity_check", "flags")
-_REASONING_EFFORTS = frozenset({"low", "medium", "high"})
+_REASONING_EFFORTS = frozenset({"low", "medium", "high", "xhigh"})
 _FUNCTION_EXTRAS = ("few_shot_examples", "return_parameters")
 _FINISH_REASONS = {"length": "length", "blacklist": "content_filter"}
 _STATE_ID = re.compile(r"call_([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
@@ -276,11 +276,14 @@ def _copy_sampling(body: Mapping[str, Any], out: dict[str, Any]) -> None:
     if max_tokens is not None:
         out["max_tokens"] = max_tokens
     out.update({key: body[key] for key in _PASSTHROUGH if body.get(key) is not None})
-    if body.get("reasoning_effort") in _REASONING_EFFORTS:
-        out["reasoning_effort"] = body["reasoning_effort"]
+    effort = body.get("reasoning_effort")
+    if effort in _REASONING_EFFORTS:
+        out["reasoning_effort"] = "high" if effort == "xhigh" else effort
 
 
 def _response_format(response_format: object) -> dict[str, Any] | None:
+    if isinstance(response_format, Mapping) and response_format.get("type") == "json_object":
+        return {"type": "json_schema", "schema": {"type": "object"}}
     if not isinstance(response_format, Mapping) or response_format.get("type") != "json_schema":
         return None
     spec = response_format.get("json_schema")

@@ -69,7 +69,7 @@ def openai_chat_to_ollama(body: Mapping[str, Any]) -> dict[str, Any]:
     out["messages"] = _messages_to_ollama(body.get("messages"))
     out["stream"] = bool(body.get("stream"))
     tools = [t for t in body.get("tools") or () if t.get("type", "function") == "function"]
-    if tools:
+    if tools and body.get("tool_choice") != "none":  # NOTE: Ollama has no tool_choice
         out["tools"] = tools
     options = _options(body)
     if options:
@@ -91,6 +91,7 @@ def completions_to_ollama(body: Mapping[str, Any]) -> dict[str, Any]:
     if "model" in body:
         out["model"] = body["model"]
     out["prompt"] = single_prompt(body)
+    one_choice(body)
     out["stream"] = bool(body.get("stream"))
     if isinstance(body.get("suffix"), str):
         out["suffix"] = body["suffix"]

@@ -36,6 +36,7 @@ __all__ = [
     "chat_to_response",
     "chat_usage_to_responses",
     "function_call_item",
+    "hosted_tools",
     "message_item",
     "output_text_part",
     "response_base",
@@ -51,11 +52,12 @@ _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"
 # --- requests: Responses -> chat ----------------------------------------------------------
 
 
-def responses_to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
+def responses_to_chat(body: Mapping[str, Any], *, drop_hosted: bool = True) -> dict[str, Any]:
     """A ``/v1/responses`` body -> a ``/v1/chat/completions`` body (see the module docstring).
 
     A streaming request asks for ``stream_options.include_usage``: ``response.completed``
-    reports usage, so the chat upstream must send it.
+    reports usage, so the chat upstream must send it. Hosted tools (`hosted_tools`) are dropped,
+    or refused with `TranslationError` when not `drop_hosted`.
     """
     out: dict[str, Any] = {}
     if "model" in body:
@@ -80,7 +82,7 @@ def responses_to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
     response_format = _response_format(body.get("text"))
     if response_format is not None:
         out["response_format"] = response_format
-    tools = _tools_to_chat(body.get("tools"))
+    tools = _tools_to_chat(body.get("tools"), drop_hosted=drop_hosted)
     if tools:
         out["tools"] = tools
     choice = _tool_choice_to_chat(body.get("tool_choice"))
@@ -204,11 +206,28 @@ def _response_format(text: object) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": spec}
 
 
-def _tools_to_chat(tools: object) -> list[dict[str, Any]]:
+def hosted_tools(body: Mapping[str, Any]) -> tuple[str, ...]:
+    """The tools in `body` only OpenAI's own Responses service runs, as parameters:
+    ``{"tools": [{"type": "function", ...}, {"type": "web_search"}]}`` -> ``("tools[1]",)``.
+
+    Translation drops them (see `responses_to_chat`); the gateway names them in its
+    dropped-parameters response header.
+    """
+    tools = body.get("tools")
+    return tuple(
+        f"tools[{i}]"
+        for i, tool in enumerate(tools if isinstance(tools, list) else ())
+        if isinstance(tool, Mapping) and tool.get("type") != "function"
+    )
+
+
+def _tools_to_chat(tools: object, *, drop_hosted: bool) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, tool in enumerate(tools if isinstance(tools, list) else ()):
         if not isinstance(tool, Mapping) or tool.get("type") != "function":
             kind = tool.get("type") if isinstance(tool, Mapping) else None
+            if drop_hosted and isinstance(kind, str):
+                continue  # NOTE: named by `hosted_tools`; the model never sees them
             raise TranslationError(
                 f"{kind!r} tools need OpenAI's own Responses service; only function tools "
                 "reach other upstreams",

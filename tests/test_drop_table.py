@@ -1,0 +1,400 @@
+"""The README's "No silent drops" table, row by row: for each client API and upstream family, a
+request field is mapped (the upstream receives its counterpart), dropped (the upstream receives
+nothing of it and the answer does not depend on it), or refused (a 400 naming the parameter). A
+route with ``drop_unsupported: true`` drops what would be refused and names it in the
+``x-interlock-dropped-params`` header."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from runtime.bridge import bridge_for
+from runtime.translate import TranslationError
+from runtime.translate.unsupported import translate_dropping
+from tests.served import ServedGateway
+from tests.upstreams import MockUpstream
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+COMPLETIONS = {"model": "m", "prompt": "hi"}
+EMBEDDINGS = {"model": "m", "input": "hi"}
+MESSAGES = {**CHAT, "max_tokens": 100}
+BASE: dict[str, dict[str, Any]] = {
+    "openai.chat": CHAT,
+    "openai.completions": COMPLETIONS,
+    "openai.embeddings": EMBEDDINGS,
+    "anthropic.messages": MESSAGES,
+}
+FN = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+CUSTOM = {"type": "custom", "custom": {"name": "g"}}
+CLIENT_TOOL = {"name": "f", "input_schema": {"type": "object"}}
+SERVER_TOOL = {"type": "web_search_20250305", "name": "web_search"}
+
+
+def translate(api: str, family: str, extra: dict[str, Any]) -> dict[str, Any]:
+    bridge = bridge_for(api, family, "openai-compatible")
+    assert bridge is not None and bridge.request is not None
+    return bridge.request({**BASE[api], **extra})
+
+
+def absent(*names: str) -> Callable[[dict[str, Any]], bool]:
+    """Dropped: none of `names` reaches the upstream, at the top level or in Ollama's options."""
+    return lambda b: not any(n in b or n in b.get("options", {}) for n in names)
+
+
+Predicate = Callable[[dict[str, Any]], bool]
+
+# (client API, fields, upstream family, what the upstream receives)
+PASSED: list[tuple[str, dict[str, Any], str, Predicate]] = [
+    # --- OpenAI chat -> Anthropic
+    ("openai.chat", {"seed": 7}, "anthropic", absent("seed")),
+    ("openai.chat", {"service_tier": "flex"}, "anthropic", absent("service_tier")),
+    ("openai.chat", {"metadata": {"a": "b"}}, "anthropic", absent("metadata")),
+    ("openai.chat", {"store": True}, "anthropic", absent("store")),
+    ("openai.chat", {"prompt_cache_key": "k"}, "anthropic", absent("prompt_cache_key")),
+    ("openai.chat", {"prediction": {"type": "content"}}, "anthropic", absent("prediction")),
+    (
+        "openai.chat",
+        {"stream_options": {"include_usage": True}},
+        "anthropic",
+        absent("stream_options"),
+    ),
+    ("openai.chat", {"user": "u"}, "anthropic", lambda b: b["metadata"] == {"user_id": "u"}),
+    (
+        "openai.chat",
+        {"safety_identifier": "s"},
+        "anthropic",
+        lambda b: b["metadata"] == {"user_id": "s"},
+    ),
+    ("openai.chat", {"stop": "END"}, "anthropic", lambda b: b["stop_sequences"] == ["END"]),
+    (
+        "openai.chat",
+        {"tools": [FN], "parallel_tool_calls": False},
+        "anthropic",
+        lambda b: b["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True},
+    ),
+    (
+        "openai.chat",
+        {"frequency_penalty": 0, "presence_penalty": 0},
+        "anthropic",
+        absent("frequency_penalty", "presence_penalty"),
+    ),
+    (
+        "openai.chat",
+        {"logprobs": False, "top_logprobs": 0},
+        "anthropic",
+        absent("logprobs", "top_logprobs"),
+    ),
+    ("openai.chat", {"logit_bias": {}}, "anthropic", absent("logit_bias")),
+    ("openai.chat", {"modalities": ["text"]}, "anthropic", absent("modalities")),
+    ("openai.chat", {"verbosity": "medium"}, "anthropic", absent("verbosity")),
+    ("openai.chat", {"temperature": 1.5}, "anthropic", lambda b: b["temperature"] == 1),
+    # --- OpenAI chat -> Ollama
+    ("openai.chat", {"seed": 7}, "ollama", lambda b: b["options"]["seed"] == 7),
+    (
+        "openai.chat",
+        {"frequency_penalty": 0.5, "presence_penalty": 0.2},
+        "ollama",
+        lambda b: (
+            b["options"]["frequency_penalty"] == 0.5 and b["options"]["presence_penalty"] == 0.2
+        ),
+    ),
+    ("openai.chat", {"stop": ["END"]}, "ollama", lambda b: b["options"]["stop"] == ["END"]),
+    (
+        "openai.chat",
+        {"tools": [FN], "tool_choice": "none"},
+        "ollama",
+        absent("tools", "tool_choice"),
+    ),
+    ("openai.chat", {"tools": [FN], "tool_choice": "auto"}, "ollama", lambda b: b["tools"] == [FN]),
+    (
+        "openai.chat",
+        {"tools": [FN], "parallel_tool_calls": True},
+        "ollama",
+        absent("parallel_tool_calls"),
+    ),
+    (
+        "openai.chat",
+        {"user": "u", "metadata": {"a": "b"}, "service_tier": "auto"},
+        "ollama",
+        absent("user", "metadata", "service_tier"),
+    ),
+    ("openai.chat", {"reasoning_effort": "high"}, "ollama", absent("reasoning_effort", "think")),
+    # --- OpenAI chat -> GigaChat
+    (
+        "openai.chat",
+        {"seed": 7, "user": "u", "service_tier": "auto"},
+        "gigachat",
+        absent("seed", "user", "service_tier"),
+    ),
+    (
+        "openai.chat",
+        {"tools": [FN], "parallel_tool_calls": False},
+        "gigachat",
+        absent("parallel_tool_calls"),
+    ),
+    ("openai.chat", {"stop": []}, "gigachat", absent("stop")),
+    (
+        "openai.chat",
+        {"response_format": {"type": "json_object"}},
+        "gigachat",
+        lambda b: b["response_format"] == {"type": "json_schema", "schema": {"type": "object"}},
+    ),
+    (
+        "openai.chat",
+        {"reasoning_effort": "xhigh"},
+        "gigachat",
+        lambda b: b["reasoning_effort"] == "high",
+    ),
+    ("openai.chat", {"max_completion_tokens": 9}, "gigachat", lambda b: b["max_tokens"] == 9),
+    # --- legacy completions
+    ("openai.completions", {"seed": 7}, "anthropic", absent("seed")),
+    ("openai.completions", {"user": "u"}, "anthropic", lambda b: b["metadata"] == {"user_id": "u"}),
+    (
+        "openai.completions",
+        {"stop": "END", "max_tokens": 5},
+        "anthropic",
+        lambda b: b["stop_sequences"] == ["END"] and b["max_tokens"] == 5,
+    ),
+    ("openai.completions", {"suffix": ")"}, "ollama", lambda b: b["suffix"] == ")"),
+    (
+        "openai.completions",
+        {"seed": 7, "presence_penalty": 1},
+        "ollama",
+        lambda b: b["options"] == {"seed": 7, "presence_penalty": 1},
+    ),
+    (
+        "openai.completions",
+        {"user": "u", "echo": False, "best_of": 1},
+        "ollama",
+        absent("user", "echo", "best_of"),
+    ),
+    # --- embeddings
+    ("openai.embeddings", {"dimensions": 8}, "ollama", lambda b: b["dimensions"] == 8),
+    ("openai.embeddings", {"user": "u"}, "ollama", absent("user")),
+    (
+        "openai.embeddings",
+        {"user": "u", "encoding_format": "float"},
+        "gigachat",
+        absent("user", "encoding_format"),
+    ),
+    # --- Anthropic messages -> OpenAI chat (and on through chat to Ollama, GigaChat)
+    ("anthropic.messages", {"service_tier": "auto"}, "openai", absent("service_tier")),
+    ("anthropic.messages", {"metadata": {"user_id": "u"}}, "openai", lambda b: b["user"] == "u"),
+    ("anthropic.messages", {"stop_sequences": ["END"]}, "openai", lambda b: b["stop"] == ["END"]),
+    (
+        "anthropic.messages",
+        {"tools": [CLIENT_TOOL]},
+        "openai",
+        lambda b: b["tools"][0]["function"]["name"] == "f",
+    ),
+    (
+        "anthropic.messages",
+        {"tools": [CLIENT_TOOL], "tool_choice": {"type": "any", "disable_parallel_tool_use": True}},
+        "openai",
+        lambda b: b["tool_choice"] == "required" and b["parallel_tool_calls"] is False,
+    ),
+    ("anthropic.messages", {"mcp_servers": []}, "openai", absent("mcp_servers")),
+    (
+        "anthropic.messages",
+        {"cache_control": {"type": "ephemeral"}},
+        "openai",
+        absent("cache_control"),
+    ),
+    ("anthropic.messages", {"top_k": 5}, "ollama", lambda b: b["options"]["top_k"] == 5),
+]
+
+# (client API, fields, upstream family, the parameter the 400 names)
+REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
+    ("openai.chat", {"frequency_penalty": 0.5}, "anthropic", "frequency_penalty"),
+    ("openai.chat", {"presence_penalty": -1}, "anthropic", "presence_penalty"),
+    ("openai.chat", {"logprobs": True}, "anthropic", "logprobs"),
+    ("openai.chat", {"top_logprobs": 3}, "anthropic", "top_logprobs"),
+    ("openai.chat", {"logit_bias": {"50256": -100}}, "anthropic", "logit_bias"),
+    ("openai.chat", {"audio": {"voice": "alloy", "format": "wav"}}, "anthropic", "audio"),
+    ("openai.chat", {"modalities": ["text", "audio"]}, "anthropic", "modalities"),
+    ("openai.chat", {"web_search_options": {}}, "anthropic", "web_search_options"),
+    ("openai.chat", {"verbosity": "low"}, "anthropic", "verbosity"),
+    ("openai.chat", {"functions": [FN["function"]]}, "anthropic", "functions"),
+    ("openai.chat", {"function_call": {"name": "f"}}, "anthropic", "function_call"),
+    ("openai.chat", {"tools": [FN, CUSTOM]}, "anthropic", "tools[1]"),
+    ("openai.chat", {"logprobs": True}, "ollama", "logprobs"),
+    ("openai.chat", {"logit_bias": {"1": 1}}, "ollama", "logit_bias"),
+    ("openai.chat", {"tools": [CUSTOM]}, "ollama", "tools[0]"),
+    ("openai.chat", {"tools": [FN], "tool_choice": "required"}, "ollama", "tool_choice"),
+    ("openai.chat", {"tools": [FN], "parallel_tool_calls": False}, "ollama", "parallel_tool_calls"),
+    ("openai.chat", {"stop": ["END"]}, "gigachat", "stop"),
+    ("openai.chat", {"frequency_penalty": 1}, "gigachat", "frequency_penalty"),
+    ("openai.chat", {"top_logprobs": 2}, "gigachat", "top_logprobs"),
+    ("openai.chat", {"tools": [CUSTOM]}, "gigachat", "tools[0]"),
+    ("openai.completions", {"n": 2}, "anthropic", "n"),
+    ("openai.completions", {"n": 2}, "ollama", "n"),
+    ("openai.completions", {"suffix": ")"}, "anthropic", "suffix"),
+    ("openai.completions", {"echo": True}, "anthropic", "echo"),
+    ("openai.completions", {"best_of": 3}, "ollama", "best_of"),
+    ("openai.completions", {"logprobs": 0}, "ollama", "logprobs"),
+    ("openai.completions", {"logit_bias": {"1": 1}}, "anthropic", "logit_bias"),
+    ("openai.completions", {"frequency_penalty": 1}, "anthropic", "frequency_penalty"),
+    ("openai.embeddings", {"dimensions": 8}, "gigachat", "dimensions"),
+    ("anthropic.messages", {"tools": [CLIENT_TOOL, SERVER_TOOL]}, "openai", "tools[1]"),
+    (
+        "anthropic.messages",
+        {"mcp_servers": [{"type": "url", "url": "https://x", "name": "x"}]},
+        "openai",
+        "mcp_servers",
+    ),
+    ("anthropic.messages", {"container": "c1"}, "gigachat", "container"),
+    ("anthropic.messages", {"context_management": {"edits": []}}, "openai", "context_management"),
+    ("anthropic.messages", {"inference_geo": "us"}, "ollama", "inference_geo"),
+]
+
+
+@pytest.mark.parametrize(
+    ("api", "extra", "family", "received"),
+    PASSED,
+    ids=[f"{a}-{'+'.join(e)}-{f}" for a, e, f, _ in PASSED],
+)
+def test_passed(api: str, extra: dict[str, Any], family: str, received: Predicate) -> None:
+    assert received(translate(api, family, extra))
+
+
+@pytest.mark.parametrize(
+    ("api", "extra", "family", "param"),
+    REFUSED,
+    ids=[f"{a}-{'+'.join(e)}-{f}" for a, e, f, _ in REFUSED],
+)
+def test_refused(api: str, extra: dict[str, Any], family: str, param: str) -> None:
+    with pytest.raises(TranslationError) as caught:
+        translate(api, family, extra)
+    assert caught.value.param == param and caught.value.droppable
+    assert param in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("api", "extra", "family", "param"),
+    REFUSED,
+    ids=[f"{a}-{'+'.join(e)}-{f}" for a, e, f, _ in REFUSED],
+)
+def test_refused_is_dropped_on_request(
+    api: str, extra: dict[str, Any], family: str, param: str
+) -> None:
+    bridge = bridge_for(api, family, "openai-compatible")
+    assert bridge is not None and bridge.request is not None
+    body, dropped = translate_dropping(bridge.request, {**BASE[api], **extra})
+    assert dropped == (param,)
+    assert "messages" in body or "prompt" in body or "input" in body
+
+
+def test_dropping_names_list_elements_as_the_client_sent_them() -> None:
+    bridge = bridge_for("openai.chat", "anthropic")
+    assert bridge is not None and bridge.request is not None
+    body = {**CHAT, "tools": [CUSTOM, FN, CUSTOM], "top_logprobs": 2}
+    out, dropped = translate_dropping(bridge.request, body)
+    assert dropped == ("top_logprobs", "tools[0]", "tools[2]")
+    assert [t["name"] for t in out["tools"]] == ["f"]
+    assert body["tools"] == [CUSTOM, FN, CUSTOM]  # NOTE: the client's body is left alone
+
+
+def test_a_structural_refusal_is_never_dropped() -> None:
+    bridge = bridge_for("openai.chat", "ollama")
+    assert bridge is not None and bridge.request is not None
+    image = {"type": "image_url", "image_url": {"url": "https://x/y.png"}}
+    body = {"model": "m", "messages": [{"role": "user", "content": [image]}]}
+    with pytest.raises(TranslationError) as caught:
+        translate_dropping(bridge.request, body)
+    assert caught.value.param == "messages[0].content[0].image_url"
+
+
+# --- served: the route option and its header --------------------------------------------------
+
+
+@pytest.fixture
+def gw(served: Callable[[str], ServedGateway], upstream_reset: MockUpstream) -> ServedGateway:
+    up = upstream_reset
+    return served(
+        json.dumps(
+            {
+                "version": 1,
+                "upstreams": {
+                    "oai": {"kind": "openai", "base_url": up.base_url("openai"), "api_key": "k"},
+                    "ant": {"kind": "anthropic", "base_url": up.url, "api_key": "k"},
+                },
+                "models": {
+                    "to-openai": {"targets": [{"upstream": "oai", "model": "gpt-up"}]},
+                    "to-anthropic": {"targets": [{"upstream": "ant", "model": "claude-up"}]},
+                    "lenient-openai": {"targets": [{"upstream": "oai", "model": "gpt-up"}]},
+                    "lenient-anthropic": {"targets": [{"upstream": "ant", "model": "claude-up"}]},
+                },
+                "routes": [
+                    {
+                        "name": "lenient",
+                        "match": {"model": ["lenient-openai", "lenient-anthropic"]},
+                        "action": {"drop_unsupported": True},
+                    }
+                ],
+            }
+        )
+    )
+
+
+def test_openai_client_refused_without_the_option(
+    gw: ServedGateway, upstream_reset: MockUpstream
+) -> None:
+    with (
+        openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0) as client,
+        pytest.raises(openai.BadRequestError) as caught,
+    ):
+        client.chat.completions.create(
+            model="to-anthropic", messages=[{"role": "user", "content": "hi"}], logprobs=True
+        )
+    assert caught.value.param == "logprobs"
+    assert upstream_reset.requests == []
+
+
+def test_openai_client_dropped_with_the_option(
+    gw: ServedGateway, upstream_reset: MockUpstream
+) -> None:
+    with openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="lenient-anthropic",
+            messages=[{"role": "user", "content": "hi"}],
+            n=2,
+            logprobs=True,
+            top_logprobs=2,
+        )
+    assert raw.headers["x-interlock-dropped-params"] == "logprobs,top_logprobs,n"
+    assert raw.parse().choices[0].message.content
+    sent = upstream_reset.last_request("/v1/messages").body
+    assert "logprobs" not in sent and "n" not in sent
+
+
+def test_anthropic_client_dropped_with_the_option_streamed(
+    gw: ServedGateway, upstream_reset: MockUpstream
+) -> None:
+    with (
+        anthropic.Anthropic(base_url=gw.url, api_key="k", max_retries=0) as client,
+        client.messages.with_streaming_response.create(
+            model="lenient-openai",
+            max_tokens=16,
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            extra_body={"top_k": 5},
+        ) as raw,
+    ):
+        assert raw.headers["x-interlock-dropped-params"] == "top_k"
+        text = raw.read().decode()
+    assert "message_stop" in text
+    assert "top_k" not in upstream_reset.last_request("/v1/chat/completions").body
+
+
+def test_no_header_when_nothing_was_dropped(gw: ServedGateway) -> None:
+    with openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="lenient-anthropic", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert "x-interlock-dropped-params" not in raw.headers
