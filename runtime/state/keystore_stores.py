@@ -26,7 +26,7 @@ from runtime.state.keystore import (
     SqlKeyStore,
     Tx,
 )
-from runtime.state.stores import connect_sqlite, migrate_postgres, migrate_sqlite
+from runtime.state.stores import PostgresPool, connect_sqlite, migrate_sqlite
 
 _T = TypeVar("_T")
 
@@ -142,40 +142,20 @@ class PostgresKeyStore(SqlKeyStore):
     def __init__(
         self, url: str, *, connect_timeout_s: float = 10.0, command_timeout_s: float = 30.0
     ) -> None:
-        self.url = url
-        self.connect_timeout_s = connect_timeout_s
-        self.command_timeout_s = command_timeout_s
-        self._pool: Any = None
+        self._pg = PostgresPool(
+            url,
+            COMPONENT,
+            POSTGRES_STEPS,
+            connect_timeout_s=connect_timeout_s,
+            command_timeout_s=command_timeout_s,
+        )
+        self._acquire = self._pg.acquire
 
     async def open(self) -> None:
-        if self._pool is not None:
-            return
-        import asyncpg  # NOTE: the driver only for those who use it (start-up time)
-
-        pool = await asyncpg.create_pool(
-            self.url,
-            min_size=1,
-            max_size=4,
-            timeout=self.connect_timeout_s,
-            command_timeout=self.command_timeout_s,
-        )
-        try:
-            async with pool.acquire(timeout=self.connect_timeout_s) as conn:
-                await migrate_postgres(conn, COMPONENT, POSTGRES_STEPS)
-        except BaseException:
-            await pool.close()
-            raise
-        self._pool = pool
+        await self._pg.open()
 
     async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
-
-    def _acquire(self) -> Any:
-        if self._pool is None:
-            raise RuntimeError("the postgres key store is not open")
-        return self._pool.acquire(timeout=self.connect_timeout_s)
+        await self._pg.close()
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[Tx]:

@@ -24,8 +24,8 @@ import msgspec
 
 from runtime.state.ledger import GROUP_FIELDS, TOTAL_FIELDS, LedgerStore, UsageRecord, day_of
 from runtime.state.stores import (
+    PostgresPool,
     connect_sqlite,
-    migrate_postgres,
     migrate_sqlite,
     sqlite_transaction,
 )
@@ -255,30 +255,17 @@ class PostgresLedgerStore:
     def __init__(
         self, url: str, *, connect_timeout_s: float = 10.0, command_timeout_s: float = 60.0
     ) -> None:
-        self.url = url
-        self.connect_timeout_s = connect_timeout_s
-        self.command_timeout_s = command_timeout_s
-        self._pool: Any = None
+        self._pg = PostgresPool(
+            url,
+            COMPONENT,
+            _POSTGRES_STEPS,
+            connect_timeout_s=connect_timeout_s,
+            command_timeout_s=command_timeout_s,
+        )
+        self._acquire = self._pg.acquire
 
     async def open(self) -> None:
-        if self._pool is not None:
-            return
-        import asyncpg  # NOTE: the driver only for those who use it (start-up time)
-
-        pool = await asyncpg.create_pool(
-            self.url,
-            min_size=1,
-            max_size=4,
-            timeout=self.connect_timeout_s,
-            command_timeout=self.command_timeout_s,
-        )
-        try:
-            async with pool.acquire(timeout=self.connect_timeout_s) as conn:
-                await migrate_postgres(conn, COMPONENT, _POSTGRES_STEPS)
-        except BaseException:
-            await pool.close()
-            raise
-        self._pool = pool
+        await self._pg.open()
 
     async def write(self, records: Sequence[UsageRecord]) -> None:
         if not records:
@@ -319,14 +306,7 @@ class PostgresLedgerStore:
             await conn.fetchval("SELECT 1")
 
     async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
-
-    def _acquire(self) -> Any:
-        if self._pool is None:
-            raise RuntimeError("the postgres ledger store is not open")
-        return self._pool.acquire(timeout=self.connect_timeout_s)
+        await self._pg.close()
 
 
 def report_query(

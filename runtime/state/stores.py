@@ -151,3 +151,57 @@ def _sqlite_has(conn: sqlite3.Connection, component: str, version: int) -> bool:
         (component, version),
     ).fetchone()
     return row is not None
+
+
+class PostgresPool:
+    """An asyncpg pool (1-4 connections) with `component`'s migrations applied when it opens.
+    The url may carry server settings as query parameters (``?search_path=NAME``). Connecting,
+    or waiting for a pooled connection, gives up after `connect_timeout_s` and a statement after
+    `command_timeout_s`, so an unreachable server makes calls raise, never hang."""
+
+    def __init__(
+        self,
+        url: str,
+        component: str,
+        steps: Sequence[str],
+        *,
+        connect_timeout_s: float = 10.0,
+        command_timeout_s: float = 60.0,
+    ) -> None:
+        self.url = url
+        self.component = component
+        self.steps = steps
+        self.connect_timeout_s = connect_timeout_s
+        self.command_timeout_s = command_timeout_s
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        import asyncpg  # NOTE: the driver only for those who use it (start-up time)
+
+        pool = await asyncpg.create_pool(
+            self.url,
+            min_size=1,
+            max_size=4,
+            timeout=self.connect_timeout_s,
+            command_timeout=self.command_timeout_s,
+        )
+        try:
+            async with pool.acquire(timeout=self.connect_timeout_s) as conn:
+                await migrate_postgres(conn, self.component, self.steps)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    def acquire(self) -> Any:
+        """``async with pool.acquire() as conn`` (raises when the pool is not open)."""
+        if self._pool is None:
+            raise RuntimeError(f"the postgres {self.component} store is not open")
+        return self._pool.acquire(timeout=self.connect_timeout_s)
