@@ -500,7 +500,7 @@ def _naming_client_params(
         try:
             return translate(body)
         except TranslationError as exc:
-            if exc.param not in names:
+            if exc.param is None or exc.param not in names:
                 raise
             param = names[exc.param]
             message = exc.message.replace(exc.param, param)

@@ -398,3 +398,14 @@ def test_no_header_when_nothing_was_dropped(gw: ServedGateway) -> None:
             model="lenient-anthropic", messages=[{"role": "user", "content": "hi"}]
         )
     assert "x-interlock-dropped-params" not in raw.headers
+
+
+def test_a_refusal_through_chat_names_the_anthropic_field() -> None:
+    with pytest.raises(TranslationError) as caught:
+        translate("anthropic.messages", "gigachat", {"stop_sequences": ["END"]})
+    assert caught.value.param == "stop_sequences" and caught.value.droppable
+    assert "stop_sequences" in caught.value.message
+    bridge = bridge_for("anthropic.messages", "gigachat")
+    assert bridge is not None and bridge.request is not None
+    body, dropped = translate_dropping(bridge.request, {**MESSAGES, "stop_sequences": ["END"]})
+    assert dropped == ("stop_sequences",) and "stop" not in body

@@ -19,17 +19,18 @@ Anthropic counts in it). The other way, ``thinking`` becomes ``reasoning_effort`
 input schema is the answer's (forced when it is the only tool, as LiteLLM does); the model's call
 of it comes back as the answer's text (`JSON_TOOL`), finish_reason ``stop``.
 
-Dropped OpenAI -> Anthropic (no counterpart): ``n: 1``, ``seed``, ``presence_penalty``,
-``frequency_penalty``, ``logit_bias``, ``logprobs``, ``top_logprobs``,
-``service_tier``, ``store``, ``metadata``, ``modalities``, ``audio``,
-``prediction``, ``web_search_options``, ``stream_options`` (Anthropic streams always carry
-usage), legacy ``functions``/``function_call``, non-function tools, image ``detail``, audio parts,
+Fields Anthropic cannot honour (penalties, logprobs, logit_bias, audio, legacy functions,
+non-function tools, ...) are refused before translation (`runtime.translate.unsupported`).
+Dropped OpenAI -> Anthropic (no counterpart, answer unaffected): ``n: 1``, ``seed``,
+``service_tier``, ``store``, ``metadata``, ``prediction``, ``prompt_cache_key``,
+``stream_options`` (Anthropic streams always carry usage), image ``detail``, audio parts,
 ``file`` parts other than base64 PDF, message ``name``, and ``top_p`` when ``temperature`` is also
 set (current Claude models reject both). ``temperature`` is clamped to Anthropic's 0..1.
 
-Dropped Anthropic -> OpenAI: ``service_tier``, ``container``,
-``mcp_servers``, ``stop_sequence`` (which sequence matched), ``cache_control``, server tools and
-their blocks, thinking blocks, tool_result ``is_error`` and non-text tool_result content, image
+Dropped Anthropic -> OpenAI: ``service_tier``, ``stop_sequence`` (which sequence matched),
+``cache_control``, server tool blocks of earlier turns (server tools, ``mcp_servers``,
+``container`` are refused by `runtime.translate.unsupported`), thinking blocks, tool_result
+``is_error`` and non-text tool_result content, image
 ``file`` sources, ``cache_creation_input_tokens`` (counted into ``prompt_tokens``).
 
 The stream translators live in `runtime.translate.anthropic_stream` and are re-exported here.

@@ -27,13 +27,14 @@ no I/O), so a non-text content part raises `TranslationError`. ``temperature`` m
 GigaChat's (beta) ``{"type": "json_schema", "schema": ...}``. GigaChat's own parameters
 (``repetition_penalty``, ``update_interval``, ``profanity_check``, ``flags``) pass through.
 
-``n`` above 1 is a `TranslationError`. Dropped: ``stop`` (GigaChat has no stop sequences),
-``n: 1``, ``seed``, ``frequency_penalty``,
-``presence_penalty``, ``logit_bias``, ``logprobs``, ``top_logprobs``, ``parallel_tool_calls``
+``n`` above 1 is a `TranslationError`; ``stop``, penalties, logprobs and the like are refused
+before translation (`runtime.translate.unsupported`). Dropped: ``n: 1``, ``seed``,
+``parallel_tool_calls``
 (one call per answer anyway), ``user``, ``service_tier``, ``stream_options`` (GigaChat always
-sends usage, on the last chunk with choices; `GigaChatToOpenAIStream` moves or strips it),
-``response_format`` ``json_object``; embeddings' ``encoding_format``, ``dimensions`` and
-``user``. Legacy completions have no GigaChat endpoint.
+sends usage, on the last chunk with choices; `GigaChatToOpenAIStream` moves or strips it);
+embeddings' ``encoding_format`` and ``user``. ``response_format`` ``json_object`` becomes a
+``json_schema`` of any object; ``reasoning_effort`` ``xhigh`` becomes ``high``. Legacy
+completions have no GigaChat endpoint.
 """
 
 from __future__ import annotations

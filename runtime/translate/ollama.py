@@ -14,8 +14,9 @@ max_tokens), stop, seed, frequency_penalty, presence_penalty. ``response_format`
 ``format`` (``"json"`` or the schema). Images must be data: URLs (Ollama takes base64 only and
 this layer fetches nothing); an http URL raises `TranslationError`.
 
-``n`` above 1 is a `TranslationError`. Dropped: ``n: 1``, ``logit_bias``, ``logprobs``,
-``top_logprobs``, ``tool_choice``, ``parallel_tool_calls``, ``user``, ``reasoning_effort``,
+``n`` above 1 is a `TranslationError`; ``logit_bias``, ``logprobs``, a forced ``tool_choice``
+and the like are refused before translation (`runtime.translate.unsupported`). ``tool_choice``
+``none`` sends no tools. Dropped: ``n: 1``, ``user``, ``reasoning_effort``,
 ``service_tier``, ``stream_options`` (usage always arrives on the final line), image ``detail``,
 non-image parts; in responses the model's ``thinking`` and Ollama's timing fields.
 """
