@@ -174,7 +174,7 @@ class Gateway:
             tokens = 0 if record.cache_hit else record.input_tokens + record.output_tokens
             settlements = trace.admission.plan.settlements(tokens=tokens, cost=record.cost)
             self._background(
-                self.state.limiter.settle(ctx.request_id, settlements, self.state.clock())
+                self.state.limiter.settle(trace.admission.hold, settlements, self.state.clock())
             )
         fill = trace.cache_fill
         cache = self.state.cache

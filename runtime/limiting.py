@@ -5,7 +5,7 @@ as headers or a 429, and the settlement once the real usage is known.
     admission = await admit(limiter, plan, ctx, now, on_error="allow")   # or raises the 429
     admission.headers("openai.chat") -> [("x-ratelimit-limit-requests", "20"), ...]
     ... serve ...
-    await limiter.settle(ctx.request_id, plan.settlements(tokens=812, cost=0.004), now)
+    await limiter.settle(admission.hold, plan.settlements(tokens=812, cost=0.004), now)
 
 Counter keys are ``<policy state id>:<field>:<scope value>[:<calendar window>]``, so counters
 survive a reload that leaves the policy unchanged and start afresh when it changes.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -161,6 +162,7 @@ class Admission:
     plan: LimitPlan
     verdict: Verdict | None  # None: the backend failed and `on_backend_error: allow` let it in
     style: str = "api"  # limits.headers: api | x-ratelimit | both | none
+    hold: str = ""  # what the limiter knows this request's reservations by (unique per request)
 
     def headers(self, api: str) -> list[tuple[str, str]]:
         """Rate-limit headers from the tightest rpm and tpm checks: the ones each SDK knows
@@ -224,7 +226,9 @@ async def admit(
 ) -> Admission:
     """Admit or raise the 429 (or, when the backend fails and `on_error` is ``deny``, a 503)."""
     try:
-        verdict = await limiter.admit(ctx.request_id, [g.check for g in plan.checks], now)
+        # NOTE: not the request id alone: a client may send the same x-request-id twice
+        hold = f"{ctx.request_id}:{os.urandom(6).hex()}"
+        verdict = await limiter.admit(hold, [g.check for g in plan.checks], now)
     except Exception as exc:
         if on_error == "deny":
             raise GatewayError(
@@ -236,7 +240,7 @@ async def admit(
             ) from None
         _LOG.warning("limits backend failed; admitting (on_backend_error: allow): %s", exc)
         return Admission(plan, None, style)
-    admission = Admission(plan, verdict, style)
+    admission = Admission(plan, verdict, style, hold)
     if verdict.admitted or verdict.refused is None:
         return admission
     index = verdict.refused

@@ -88,11 +88,15 @@ class _Entry:
 @dataclass(slots=True)
 class _Window:
     entries: deque[_Entry] = field(default_factory=deque)
+    by_request: dict[str, _Entry] = field(default_factory=dict)  # PERF: settle in O(1)
     total: float = 0.0
 
     def expire(self, now: float, window_s: float) -> None:
         while self.entries and self.entries[0].ts <= now - window_s:
-            self.total -= self.entries.popleft().amount
+            entry = self.entries.popleft()
+            self.total -= entry.amount
+            if self.by_request.get(entry.request_id) is entry:
+                del self.by_request[entry.request_id]
 
     def reset_s(self, now: float, window_s: float, limit: float, amount: float) -> float:
         """Seconds until the window has room for `amount` more (0 when it has now)."""
@@ -135,11 +139,10 @@ class MemoryLimiter:
                 window = self._windows.get(check.key)
                 if window is None:
                     continue
-                for entry in window.entries:
-                    if entry.request_id == request_id:
-                        window.total += settlement.actual - entry.amount
-                        entry.amount = settlement.actual
-                        break
+                entry = window.by_request.get(request_id)
+                if entry is not None:
+                    window.total += settlement.actual - entry.amount
+                    entry.amount = settlement.actual
             elif check.kind == "budget":
                 value, expires = self._budgets.get(check.key, (0.0, now + check.window_s))
                 self._budgets[check.key] = (value + settlement.actual - check.amount, expires)
@@ -168,7 +171,9 @@ class MemoryLimiter:
     def _apply(self, request_id: str, check: Check, now: float) -> None:
         if check.kind == "rate":
             window = self._windows[check.key]
-            window.entries.append(_Entry(now, request_id, check.amount))
+            entry = _Entry(now, request_id, check.amount)
+            window.entries.append(entry)
+            window.by_request.setdefault(request_id, entry)  # NOTE: settle finds the first
             window.total += check.amount
         elif check.kind == "budget":
             value, expires = self._budgets.get(check.key, (0.0, now + check.window_s))
