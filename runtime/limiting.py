@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from compiler.table import CompiledModel, CompiledRoute, LimitPolicy, RouteTable
 from runtime.errors import GatewayError, is_anthropic
@@ -100,7 +101,14 @@ def plan_limits(
     if not policies:
         return None
     tokens, cost = _reservation(ctx, model, policies)
-    day = dt.datetime.fromtimestamp(now, dt.UTC).date()
+    day = (
+        _day(now)
+        if any(
+            p.tokens_per_day or p.tokens_per_month or p.cost_per_day or p.cost_per_month
+            for p in policies
+        )
+        else ""
+    )
     checks: list[Guarded] = []
     for policy in policies:
         base = f"{policy.state_id}:{{}}:{scope_value(policy, ctx)}"
@@ -123,32 +131,41 @@ def plan_limits(
                 continue
             key = base.format(field)
             if field.endswith("_day"):
-                key += f":{day.isoformat()}"
+                key += f":{day}"
             elif field.endswith("_month"):
-                key += f":{day.isoformat()[:7]}"
+                key += f":{day[:7]}"
             checks.append(Guarded(policy.name, field, Check(kind, key, limit, amount, window)))
     return LimitPlan(tuple(checks), tokens, cost) if checks else None
+
+
+_MAX_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def _day(now: float) -> str:
+    return dt.datetime.fromtimestamp(now, dt.UTC).date().isoformat()
 
 
 def _reservation(
     ctx: RequestContext, model: CompiledModel, policies: Sequence[LimitPolicy]
 ) -> tuple[int, float]:
-    """Tokens and cost reserved at admission: the prompt's estimate plus the client's
-    `max_tokens` (or `max_completion_tokens`, `max_output_tokens`) when it set one."""
+    """Tokens and cost reserved at admission: the prompt's estimate (the body's characters / 4,
+    an over-estimate) plus the client's `max_tokens` (or `max_completion_tokens`,
+    `max_output_tokens`) when it set one."""
     needs_tokens = any(
         p.tpm or p.tokens_per_day or p.tokens_per_month or p.cost_per_day or p.cost_per_month
         for p in policies
     )
     if not needs_tokens:
         return 0, 0.0
-    prompt = estimate_tokens(ctx.prompt_chars())
-    body = ctx.body()
-    most = (
-        body.get("max_tokens")
-        or body.get("max_completion_tokens")
-        or body.get("max_output_tokens")  # the Responses API's
-        or 0
-    )
+    if ctx.body_decoded:  # NOTE: a route edited the body (max_tokens may be clamped): read it
+        prompt = estimate_tokens(ctx.prompt_chars())
+        source: Any = ctx.body()
+        most = next((source.get(f) for f in _MAX_FIELDS if source.get(f)), 0)
+    else:  # PERF: no decode (it would also cost the zero-copy forward): size / 4 over-estimates
+        prompt = estimate_tokens(len(ctx.raw))
+        most = next(
+            (getattr(ctx.head, f, None) for f in _MAX_FIELDS if getattr(ctx.head, f, None)), 0
+        )
     output = most if isinstance(most, int) and not isinstance(most, bool) and most > 0 else 0
     pricing = model.pricing
     cost = 0.0
