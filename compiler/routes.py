@@ -233,6 +233,7 @@ def _lower_action(
         limits=limits,
         cache=cache if isinstance(cache, str) else None,
         drop_unsupported=spec.get("drop_unsupported", False),
+        hosted_tools=spec.get("hosted_tools", "drop"),
     )
 
 

@@ -236,6 +236,7 @@ class CompiledAction:
     limits: tuple[str, ...] | None = None  # None: the limits default applies
     cache: str | None = None
     drop_unsupported: bool = False  # drop what the target protocol cannot honour, not a 400
+    hosted_tools: str = "drop"  # Responses API hosted tools off kind openai: drop | refuse
 
 
 @dataclass(frozen=True, slots=True)

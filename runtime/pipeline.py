@@ -348,6 +348,8 @@ class _Call:
     ) -> Outcome:
         ctx = self.ctx
         self.dropped = ()
+        if ctx.api == "openai.responses" and upstream.upstream.kind != "openai":
+            self._check_hosted_tools()
         if upstream.mock is not None:
             body = dict(ctx.body())
             body.update(target.params)
@@ -379,6 +381,21 @@ class _Call:
                 target.upstream, path, headers, payload, stream=ctx.stream
             )
         return await self._finish(upstream, bridge, reply, model_name)
+
+    def _check_hosted_tools(self) -> None:
+        """A route with ``hosted_tools: refuse`` answers 400 where hosted Responses tools (web
+        search, ...) would be dropped because the upstream cannot run them."""
+        if self.action.hosted_tools != "refuse":
+            return
+        hosted = hosted_tools(self.ctx.body())
+        if hosted:
+            raise GatewayError(
+                400,
+                f"{', '.join(hosted)}: hosted tools need an upstream that runs them (kind: "
+                "openai); this route refuses them (hosted_tools: refuse)",
+                code="unsupported_parameter",
+                param=hosted[0],
+            )
 
     def _payload(self, bridge: Bridge, target: CompiledTarget, model_name: str) -> bytes:
         ctx = self.ctx

@@ -317,3 +317,26 @@ def test_claude_runs_a_tool_through_an_upstream(
         roles = [m["role"] for m in first.body["messages"]]
         assert "user" in roles
         assert roles[-1] in ("system", "developer"), roles  # a mid-conversation system message
+
+
+# --- the README's promise: both agents on the quickstart config -------------------------------
+
+QUICKSTART = (Path(__file__).parent.parent / "examples" / "quickstart.yaml").read_text()
+
+
+@pytest.mark.parametrize("agent", ["codex", "claude"])
+def test_agents_run_a_tool_on_the_quickstart_config(
+    agent: str,
+    gateway: Callable[[str], str],
+    run_codex: Callable[[str, str], Run],
+    run_claude: Callable[[str, str], Run],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # NOTE: the quickstart's ledger file goes in the working directory
+    url = gateway(QUICKSTART)
+    run = (run_codex if agent == "codex" else run_claude)(url, "say hello")
+    work = tmp_path / ("codex-work" if agent == "codex" else "claude-work")
+    hello = work / "interlock-hello.txt"
+    assert hello.exists(), run.output
+    assert hello.read_text().strip() == "hello from interlock"

@@ -502,7 +502,7 @@ def test_the_ledger_records_a_hit_with_the_tokens_it_replayed_and_the_cost_it_sa
 def test_limits_count_a_hit_as_a_request_but_not_its_tokens(
     serve: Callable[..., ServedGateway], upstream_reset: MockUpstream
 ) -> None:
-    policy = "{scope: key, rpm: 8, budget: {tokens_per_day: 24}}"
+    policy = "{scope: key, rpm: 8, budget: {tokens_per_day: 40}}"  # each reserves ~21
     gw = serve(extra=f"limits: {{default: [p], policies: {{p: {policy}}}}}")
     states = []
     with oai(gw) as client:

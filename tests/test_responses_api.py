@@ -404,6 +404,24 @@ def test_hosted_tools_are_dropped_and_named(
         assert "web_search" not in tools and "get_weather" in tools
 
 
+@pytest.mark.parametrize("kind", ["compat", "anthropic", "mock"])
+def test_a_route_can_refuse_hosted_tools_instead(
+    serve: Callable[[str], ServedGateway], up: MockUpstream, kind: str
+) -> None:
+    gw = serve("routes:\n  - {name: strict, match: {}, action: {hosted_tools: refuse}}")
+    with openai.OpenAI(base_url=gw.url + "/v1", api_key="sk-client", max_retries=0) as c:
+        with pytest.raises(openai.BadRequestError) as refused:
+            c.responses.create(
+                model=f"to-{kind}", input="x", tools=[WEATHER, {"type": "web_search"}]
+            )
+        assert refused.value.param == "tools[1]" and "hosted_tools: refuse" in refused.value.message
+        assert c.responses.create(model=f"to-{kind}", input="x", tools=[WEATHER]).status == (
+            "completed"
+        )
+        # NOTE: an upstream that runs hosted tools still gets them
+        c.responses.create(model="to-openai", input="x", tools=[{"type": "web_search"}])
+
+
 def test_hosted_tools_go_to_an_openai_upstream(client: openai.OpenAI, up: MockUpstream) -> None:
     client.responses.create(model="to-openai", input="search", tools=[{"type": "web_search"}])
     assert up.last_request("/v1/responses").body["tools"] == [{"type": "web_search"}]

@@ -41,6 +41,7 @@ request's keys would live on different nodes).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -292,6 +293,9 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
+_SETTLE_BATCH_S = 0.002
+
+
 class RedisLimiter:
     """`Limiter` on one Redis at `url`, every key under `prefix`. Connects on first use (no I/O
     here); `close` closes the pool. A pool of at most `max_connections` connections, each
@@ -319,6 +323,8 @@ class RedisLimiter:
         self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_pool(pool)
         self._admit = self._client.register_script(_ADMIT_LUA)
         self._settle = self._client.register_script(_SETTLE_LUA)
+        self._pending: list[tuple[list[str], list[str], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def admit(self, request_id: str, checks: Sequence[Check], now: float) -> Verdict:
         if not checks:
@@ -356,9 +362,35 @@ class RedisLimiter:
                 _number(settlement.actual),
                 _number(check.window_s),
             )
-        await self._settle(keys=keys, args=args)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((keys, args, done))
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
+        await done
+
+    async def _flush_soon(self) -> None:
+        """PERF: settlements that arrive within `_SETTLE_BATCH_S` share one pipelined round trip
+        (a loopback round trip costs ~100 µs of CPU here); each caller still waits for its own."""
+        await asyncio.sleep(_SETTLE_BATCH_S)
+        self._flusher = None
+        batch, self._pending = self._pending, []
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for keys, args, _ in batch:
+                    await self._settle(keys=keys, args=args, client=pipe)
+                await pipe.execute()
+        except Exception as exc:
+            for _, _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            return
+        for _, _, done in batch:
+            if not done.done():
+                done.set_result(None)
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            await self._flusher
         await self._client.aclose()
 
     def _keys(self, check: Check) -> list[str]:
