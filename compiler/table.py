@@ -332,6 +332,23 @@ class LimitPolicy:
     cost_per_day: float | None = None
     cost_per_month: float | None = None
 
+    @property
+    def has_budget(self) -> bool:
+        return any(
+            limit is not None
+            for limit in (
+                self.tokens_per_day,
+                self.tokens_per_month,
+                self.cost_per_day,
+                self.cost_per_month,
+            )
+        )
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether a request must reserve tokens (and cost) against this policy."""
+        return self.tpm is not None or self.has_budget
+
 
 @dataclass(frozen=True, slots=True)
 class LimitSettings:

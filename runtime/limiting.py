@@ -101,14 +101,7 @@ def plan_limits(
     if not policies:
         return None
     tokens, cost = _reservation(ctx, model, policies)
-    day = (
-        _day(now)
-        if any(
-            p.tokens_per_day or p.tokens_per_month or p.cost_per_day or p.cost_per_month
-            for p in policies
-        )
-        else ""
-    )
+    day = _day(now) if any(p.has_budget for p in policies) else ""
     checks: list[Guarded] = []
     for policy in policies:
         base = f"{policy.state_id}:{{}}:{scope_value(policy, ctx)}"
@@ -148,14 +141,10 @@ def _day(now: float) -> str:
 def _reservation(
     ctx: RequestContext, model: CompiledModel, policies: Sequence[LimitPolicy]
 ) -> tuple[int, float]:
-    """Tokens and cost reserved at admission: the prompt's estimate (the body's characters / 4,
-    an over-estimate) plus the client's `max_tokens` (or `max_completion_tokens`,
+    """Tokens and cost reserved at admission: the prompt's estimate (the body's size / 4, an
+    over-estimate) plus the client's `max_tokens` (or `max_completion_tokens`,
     `max_output_tokens`) when it set one."""
-    needs_tokens = any(
-        p.tpm or p.tokens_per_day or p.tokens_per_month or p.cost_per_day or p.cost_per_month
-        for p in policies
-    )
-    if not needs_tokens:
+    if not any(p.counts_tokens for p in policies):
         return 0, 0.0
     if ctx.body_decoded:  # NOTE: a route edited the body (max_tokens may be clamped): read it
         prompt = estimate_tokens(ctx.prompt_chars())

@@ -57,8 +57,14 @@ class _WithUsage(msgspec.Struct):
     usage: UsageFields | None = None
 
 
+class _Object(msgspec.Struct):
+    """Decoding into this validates a JSON object without building anything."""
+
+
 # PERF: decoding into this validates the whole JSON body and builds only the usage object.
 decode_usage_body = msgspec.json.Decoder(_WithUsage).decode
+_validate_object = msgspec.json.Decoder(_Object).decode
+_decode_object = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 class Meter:
@@ -87,13 +93,19 @@ class Meter:
     def reported(self) -> bool:
         return self.input_reported and self.output_reported
 
-    def observe_usage(self, usage: UsageFields | dict[str, Any] | None) -> None:
+    def observe_usage(
+        self, usage: UsageFields | dict[str, Any] | None, *, final: bool = False
+    ) -> None:
         """Take a usage object of either API (Struct or dict); absent counters keep their value
-        (Anthropic's `message_delta` usage is cumulative and may omit the input side)."""
+        (Anthropic's `message_delta` usage is cumulative and may omit the input side). `final`:
+        the answer's last word on usage, so an output counter in it is the reported output
+        (``message_start``'s is not)."""
         if usage is None:
             return
         if isinstance(usage, dict):
             usage = msgspec.convert(usage, UsageFields, strict=False)
+        if final and (usage.completion_tokens, usage.output_tokens) != (None, None):
+            self.output_reported = True
         if usage.prompt_tokens is not None:  # OpenAI shape
             self.input_tokens = usage.prompt_tokens
             details = usage.prompt_tokens_details
@@ -202,13 +214,23 @@ class Meter:
         if self.text is not None:
             self.text.clear()
 
-    def _observe_final(self, usage: dict[str, Any]) -> None:
+    def observe_json(self, api: str, body: bytes) -> None:
+        """A whole untouched JSON reply (bytes): validated, and its usage taken without building
+        the rest; the text is read only when the reply has no usage (to estimate) or the answer
+        is kept (`log_prompts`). Raises msgspec errors for a reply that is not a JSON object."""
         try:
-            self.observe_usage(usage)
-        except msgspec.ValidationError:  # NOTE: counters that are not integers: estimate
-            return
-        if usage.get("completion_tokens") is not None or usage.get("output_tokens") is not None:
-            self.output_reported = True
+            usage = decode_usage_body(body).usage
+        except msgspec.ValidationError:  # NOTE: usage of an unexpected shape: still an object?
+            _validate_object(body)
+            usage = None
+        self.observe_usage(usage, final=True)
+        if not self.reported or self.text is not None:
+            self.reset_text()
+            self.observe_body(api, _decode_object(body))
+
+    def _observe_final(self, usage: dict[str, Any]) -> None:
+        with contextlib.suppress(msgspec.ValidationError):  # NOTE: not integers: estimate
+            self.observe_usage(usage, final=True)
 
     def _count_text(self, texts: Iterable[Any]) -> None:
         for text in texts:

@@ -38,7 +38,6 @@ from runtime.bridge import Bridge, EventRelay, Relay, bridge_for
 from runtime.caching import CacheStats, plan_cache, prepare_fill, serve_hit
 from runtime.errors import GatewayError, is_anthropic, stream_error_event
 from runtime.limiting import Admission, admit, plan_limits
-from runtime.metering import Meter, decode_usage_body
 from runtime.oauth import OAuthError, TokenSource
 from runtime.request import RequestContext
 from runtime.resilience import BreakerBook, classify_status, next_delay, should_retry
@@ -118,24 +117,24 @@ async def run_pipeline(state: GatewayState, snap: Snapshot, ctx: RequestContext)
     if snap.keyring is not None and ctx.api_key is None:
         ctx.api_key = snap.keyring.authenticate(ctx.headers)
     route = match_route(table, ctx)
+    trace = ctx.trace
+    if trace is not None:
+        trace.route = route.name if route is not None else None
     action = route.action if route is not None else NO_ACTION
     if action.reject is not None:
         raise GatewayError(action.reject.status, action.reject.message, code="rejected")
     requested = action.model or ctx.model or action.default_model
     if requested is None:
         raise GatewayError(400, "you must provide a model parameter", param="model")
-    if ctx.trace is not None:
-        ctx.trace.requested = requested
+    if trace is not None:
+        trace.requested = requested
     model = table.resolve_model(requested)
     if model is None:
         raise GatewayError(
             404, f"the model '{requested}' does not exist", code="model_not_found", param="model"
         )
     check_model_allowed(ctx.api_key, model.name)
-    trace = ctx.trace
     if trace is not None:
-        trace.route = route.name if route is not None else None
-        trace.requested = requested
         trace.model = model
     _edit_request(ctx, action)
     admission = await _admit(state, table, route, ctx, model)
@@ -510,7 +509,7 @@ class _Call:
                 if meter is None:
                     _validate_json(body)
                 else:
-                    _meter_body(meter, ctx.api, body)
+                    meter.observe_json(ctx.api, body)
             else:
                 data = _decode_object(body)
                 if bridge is not None and bridge.response is not None:
@@ -646,22 +645,6 @@ def _upstream_path(bridge: Bridge, family: str, query: bytes) -> str:
 
 _SET_BY_GATEWAY = frozenset({"content-type", "accept-encoding", "content-length"})
 _STREAM_USAGE_APIS = frozenset({"openai.chat", "openai.completions"})
-
-
-def _meter_body(meter: Meter, api: str, body: bytes) -> None:
-    """Validate an untouched JSON reply and take its usage; the text is read only when the
-    reply has no usage (to estimate) or the answer is kept (`log_prompts`)."""
-    try:
-        usage = decode_usage_body(body).usage
-    except msgspec.ValidationError:  # NOTE: usage of an unexpected shape: still valid JSON?
-        _validate_json(body)
-        usage = None
-    meter.observe_usage(usage)
-    if usage is not None and (usage.completion_tokens, usage.output_tokens) != (None, None):
-        meter.output_reported = True
-    if not meter.reported or meter.text is not None:
-        meter.reset_text()
-        meter.observe_body(api, _decode_object(body))
 
 
 async def _relay_stream(

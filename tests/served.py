@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -23,6 +24,22 @@ from hypercorn.config import Config
 from compiler import compile_texts
 from runtime.app import Gateway, create_app
 from runtime.snapshot import prepare_snapshot
+
+
+def two_protocol_config(up: Any, **more: Any) -> str:
+    """A config (JSON) with `oai` (kind openai) and `ant` (kind anthropic) on the loopback mock
+    upstream `up`, models ``to-openai`` -> ``gpt-up`` and ``to-anthropic`` -> ``claude-up``;
+    `more` adds models (``models={...}``) or other top-level sections."""
+    models = {
+        "to-openai": {"targets": [{"upstream": "oai", "model": "gpt-up"}]},
+        "to-anthropic": {"targets": [{"upstream": "ant", "model": "claude-up"}]},
+        **more.pop("models", {}),
+    }
+    upstreams = {
+        "oai": {"kind": "openai", "base_url": up.base_url("openai"), "api_key": "k"},
+        "ant": {"kind": "anthropic", "base_url": up.url, "api_key": "k"},
+    }
+    return json.dumps({"version": 1, "upstreams": upstreams, "models": models, **more})
 
 
 def compile_yaml(text: str, name: str = "config.yaml") -> Any:

@@ -16,7 +16,7 @@ from anthropic.types import MessageParam
 
 from runtime.bridge import bridge_for
 from runtime.translate import TranslationError
-from tests.served import ServedGateway
+from tests.served import ServedGateway, two_protocol_config
 from tests.upstreams import MockUpstream
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -188,22 +188,7 @@ def test_hosted_responses_tools_are_dropped_for_other_families() -> None:
 
 @pytest.fixture
 def gw(served: Callable[[str], ServedGateway], upstream_reset: MockUpstream) -> ServedGateway:
-    up = upstream_reset
-    return served(
-        json.dumps(
-            {
-                "version": 1,
-                "upstreams": {
-                    "oai": {"kind": "openai", "base_url": up.base_url("openai"), "api_key": "k"},
-                    "ant": {"kind": "anthropic", "base_url": up.url, "api_key": "k"},
-                },
-                "models": {
-                    "to-openai": {"targets": [{"upstream": "oai", "model": "gpt-up"}]},
-                    "to-anthropic": {"targets": [{"upstream": "ant", "model": "claude-up"}]},
-                },
-            }
-        )
-    )
+    return served(two_protocol_config(upstream_reset))
 
 
 CHAT_MESSAGES: list[MessageParam] = [{"role": "user", "content": "where?"}]

@@ -6,7 +6,6 @@ route with ``drop_unsupported: true`` drops what would be refused and names it i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 from runtime.bridge import bridge_for
 from runtime.translate import TranslationError
 from runtime.translate.unsupported import translate_dropping
-from tests.served import ServedGateway
+from tests.served import ServedGateway, two_protocol_config
 from tests.upstreams import MockUpstream
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -315,31 +314,16 @@ def test_a_structural_refusal_is_never_dropped() -> None:
 
 @pytest.fixture
 def gw(served: Callable[[str], ServedGateway], upstream_reset: MockUpstream) -> ServedGateway:
-    up = upstream_reset
-    return served(
-        json.dumps(
-            {
-                "version": 1,
-                "upstreams": {
-                    "oai": {"kind": "openai", "base_url": up.base_url("openai"), "api_key": "k"},
-                    "ant": {"kind": "anthropic", "base_url": up.url, "api_key": "k"},
-                },
-                "models": {
-                    "to-openai": {"targets": [{"upstream": "oai", "model": "gpt-up"}]},
-                    "to-anthropic": {"targets": [{"upstream": "ant", "model": "claude-up"}]},
-                    "lenient-openai": {"targets": [{"upstream": "oai", "model": "gpt-up"}]},
-                    "lenient-anthropic": {"targets": [{"upstream": "ant", "model": "claude-up"}]},
-                },
-                "routes": [
-                    {
-                        "name": "lenient",
-                        "match": {"model": ["lenient-openai", "lenient-anthropic"]},
-                        "action": {"drop_unsupported": True},
-                    }
-                ],
-            }
-        )
-    )
+    lenient = {
+        "lenient-openai": {"targets": [{"upstream": "oai", "model": "gpt-up"}]},
+        "lenient-anthropic": {"targets": [{"upstream": "ant", "model": "claude-up"}]},
+    }
+    route = {
+        "name": "lenient",
+        "match": {"model": ["lenient-openai", "lenient-anthropic"]},
+        "action": {"drop_unsupported": True},
+    }
+    return served(two_protocol_config(upstream_reset, models=lenient, routes=[route]))
 
 
 def test_openai_client_refused_without_the_option(

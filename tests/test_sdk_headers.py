@@ -5,7 +5,6 @@ other protocol."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 import anthropic
@@ -14,7 +13,7 @@ import openai
 import pytest
 from anthropic.types import MessageParam
 
-from tests.served import ServedGateway
+from tests.served import ServedGateway, two_protocol_config
 from tests.upstreams import MockUpstream
 
 CHAT: list[MessageParam] = [{"role": "user", "content": "hi"}]
@@ -23,22 +22,7 @@ BETA = "interleaved-thinking-2025-05-14"
 
 @pytest.fixture
 def gw(served: Callable[[str], ServedGateway], upstream_reset: MockUpstream) -> ServedGateway:
-    up = upstream_reset
-    return served(
-        json.dumps(
-            {
-                "version": 1,
-                "upstreams": {
-                    "oai": {"kind": "openai", "base_url": up.base_url("openai"), "api_key": "k"},
-                    "ant": {"kind": "anthropic", "base_url": up.url, "api_key": "k"},
-                },
-                "models": {
-                    "to-openai": {"targets": [{"upstream": "oai", "model": "gpt-up"}]},
-                    "to-anthropic": {"targets": [{"upstream": "ant", "model": "claude-up"}]},
-                },
-            }
-        )
-    )
+    return served(two_protocol_config(upstream_reset))
 
 
 def test_openai_organization_and_project_reach_openai_upstreams(
