@@ -23,6 +23,7 @@ from compiler.headers import (
 from compiler.table import CompiledUpstream, RouteTable, SecretRef
 from runtime.auth import KeyRing
 from runtime.mock import MockProvider
+from runtime.redaction import Redactor, build_redactor
 
 FAMILIES = {
     "openai": "openai",
@@ -65,6 +66,8 @@ class Snapshot:
     cache_target: tuple[str, str] | None = field(default=None, repr=False)
     # NOTE: ("sqlite", path) or ("postgres", url) of auth.store (managed keys), or None
     key_store_target: tuple[str, str] | None = field(default=None, repr=False)
+    # NOTE: masks every secret above (and the redact patterns) in upstream bytes and log lines
+    redactor: Redactor = field(default_factory=lambda: Redactor(()), repr=False)
 
     @property
     def version(self) -> str:
@@ -145,6 +148,7 @@ def prepare_snapshot(table: RouteTable) -> Snapshot:
         limits_target=limits_target(table),
         cache_target=cache_target(table),
         key_store_target=key_store_target(table),
+        redactor=build_redactor(table, resolve_secret),
     )
 
 
