@@ -1,18 +1,22 @@
-"""Static analyses the semantic checks report: routes an earlier route covers, fallback cycles.
+"""Static analyses the semantic checks report: routes an earlier route covers, fallback cycles,
+referenced files that are missing.
 
-Pure functions over the schema-valid spec; `compiler.lower` turns their findings into located
-diagnostics::
+Pure functions over the schema-valid spec (the file check only asks `os.path` whether a path
+exists); `compiler.lower` turns their findings into located diagnostics::
 
     list(covered_routes([{}, {"model": "gpt-4o"}]))  -> [(1, 0)]
     list(fallback_cycles({"a": [(0, "b", "b")], "b": [(0, "a", "a")]}))
         -> [("b", 0, "a -> b -> a")]
+    list(missing_files({"upstreams": {"u": {"api_key": {"file": "/nope"}}}}))
+        -> [(("upstreams", "u", "api_key", "file"), "/nope", "secret file")]
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,3 +174,47 @@ def fallback_cycles(graph: FallbackGraph) -> Iterator[tuple[str, int, str]]:
                 trail.append(target)
                 on_trail.add(target)
                 edges.append(iter(graph[target]))
+
+
+FileRef = tuple[tuple[str | int, ...], str, str]
+"""A file the server reads: (where the document names it, the path, what the file is)."""
+
+_TLS_FILES = {
+    "ca_bundle": "CA bundle",
+    "client_cert": "client certificate",
+    "client_key": "client key",
+}
+
+
+def referenced_files(spec: Mapping[str, Any]) -> Iterator[FileRef]:
+    """Every file the server reads when it loads the config: upstreams' TLS files and every
+    ``{file: PATH}`` secret reference, in document order. Paths are as written (a relative one
+    is relative to the server's working directory)."""
+    for name, upstream in (spec.get("upstreams") or {}).items():
+        tls = upstream.get("tls") or {}
+        for key, what in _TLS_FILES.items():
+            if isinstance(tls.get(key), str):
+                yield ("upstreams", name, "tls", key), tls[key], f"TLS {what}"
+    yield from _secret_files(spec, ())
+
+
+def _secret_files(node: Any, path: tuple[str | int, ...]) -> Iterator[FileRef]:
+    # NOTE: the schema allows `file` only in a secret reference, and alone there
+    if isinstance(node, Mapping):
+        if len(node) == 1 and isinstance(node.get("file"), str):
+            yield (*path, "file"), node["file"], "secret file"
+            return
+        for key, value in node.items():
+            yield from _secret_files(value, (*path, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _secret_files(value, (*path, i))
+
+
+def missing_files(
+    spec: Mapping[str, Any], exists: Callable[[str], bool] = os.path.isfile
+) -> Iterator[FileRef]:
+    """The `referenced_files` that are not files on this machine (`exists` says)."""
+    for ref in referenced_files(spec):
+        if not exists(ref[1]):
+            yield ref

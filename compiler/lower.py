@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from compiler.analysis import fallback_cycles
+from compiler.analysis import fallback_cycles, missing_files
 from compiler.diagnostics import Diagnostic, Severity, Span, did_you_mean
 from compiler.headers import (
     HeaderPolicy,
@@ -38,6 +38,7 @@ from compiler.table import (
     CompiledTarget,
     CompiledUpstream,
     CorsSettings,
+    HealthSettings,
     LimitPolicy,
     LimitSettings,
     MockSettings,
@@ -160,6 +161,8 @@ def lower_config(doc: Document) -> tuple[RouteTable | None, list[Diagnostic]]:
     server = _lower_server(data.get("server") or {})
     admin_spec = data.get("admin") or {}
     warn_not_enforced(lw, data)
+    warn_logging_without_access_log(lw, data)
+    warn_missing_files(lw, data)
     if any(d.is_error for d in lw.diagnostics):
         return None, lw.diagnostics
     table = RouteTable(
@@ -463,10 +466,7 @@ def _check_fallback_cycles(lw: Lowering, specs: dict[str, Any], names: Mapping[s
 
 # Sections the server validates but does not act on yet: each present one is a warning, so that
 # nobody believes they are protected by configuration that does nothing.
-_NOT_ENFORCED: tuple[tuple[PathKey, str], ...] = (
-    (("observability", "log_bodies"), "body logging (observability.log_bodies)"),
-    (("observability", "redact"), "log redaction (observability.redact)"),
-)
+_NOT_ENFORCED: tuple[tuple[PathKey, str], ...] = ()
 
 
 def warn_not_enforced(lw: Lowering, data: dict[str, Any]) -> None:
@@ -481,6 +481,41 @@ def warn_not_enforced(lw: Lowering, data: dict[str, Any]) -> None:
             f"{what} is validated but not enforced by this version of the server",
             lw.doc.key_span(path),
             hint="remove it, or know that it has no effect yet",
+        )
+
+
+def warn_logging_without_access_log(lw: Lowering, data: dict[str, Any]) -> None:
+    """Bodies and headers are logged on access lines: with the access log off, asking for them
+    does nothing (``log.no_access_log``)."""
+    spec = data.get("observability") or {}
+    if (spec.get("access_log") or {}).get("enabled", True):
+        return
+    paths: list[PathKey] = [
+        ("observability", key) for key in ("log_bodies", "log_headers") if spec.get(key)
+    ]
+    paths += [
+        ("routes", i, "action", "log_bodies")
+        for i, route in enumerate(data.get("routes") or [])
+        if (route.get("action") or {}).get("log_bodies")
+    ]
+    for path in paths:
+        lw.warn(
+            "log.no_access_log",
+            f"{path[-1]} has no effect: observability.access_log.enabled is false",
+            lw.doc.key_span(path),
+            hint="enable the access log, or remove it",
+        )
+
+
+def warn_missing_files(lw: Lowering, data: dict[str, Any]) -> None:
+    """``file.missing`` for each referenced file this machine does not have: the server would
+    refuse the config (a warning, as `validate` may run where the files are not)."""
+    for path, file, what in missing_files(data):
+        lw.warn(
+            "file.missing",
+            f"{what} '{file}' does not exist on this machine",
+            lw.span(path),
+            hint="serve and reload refuse this config until the file is there",
         )
 
 
@@ -624,6 +659,8 @@ def _lower_observability(lw: Lowering, spec: dict[str, Any]) -> ObservabilitySet
         log_format=access.get("format", "json"),
         log_destination=access.get("destination", "stderr"),
         log_bodies=spec.get("log_bodies", False),
+        log_headers=spec.get("log_headers", False),
+        log_body_max_bytes=spec.get("log_body_max_bytes", 4096),
         redact=tuple(redact),
         metrics=metrics.get("enabled", True),
         metrics_path=metrics.get("path", "/metrics"),
@@ -638,7 +675,10 @@ def _lower_server(spec: dict[str, Any]) -> ServerSettings:
     return ServerSettings(
         listen=tuple(spec.get("listen", ("127.0.0.1:8080",))),
         max_body_bytes=spec.get("max_body_bytes", 10 * 1024 * 1024),
+        max_upstream_body_bytes=spec.get("max_upstream_body_bytes", 32 * 1024 * 1024),
         drain_timeout_s=spec.get("drain_timeout_s", 30),
+        keep_alive_timeout_s=spec.get("keep_alive_timeout_s", 5),
+        max_connections=spec.get("max_connections"),
         cors=CorsSettings(
             allow_origins=tuple(cors.get("allow_origins", ())),
             allow_methods=tuple(cors.get("allow_methods", ("GET", "POST", "OPTIONS"))),
@@ -655,5 +695,10 @@ def _lower_server(spec: dict[str, Any]) -> ServerSettings:
                 else getattr(default_names, k)
                 for k in ("route", "upstream", "model", "version", "cache")
             }
+        ),
+        health=HealthSettings(
+            required=tuple(
+                (spec.get("health") or {}).get("required", HealthSettings().required)
+            )
         ),
     )

@@ -234,6 +234,7 @@ def _lower_action(
         cache=cache if isinstance(cache, str) else None,
         drop_unsupported=spec.get("drop_unsupported", False),
         hosted_tools=spec.get("hosted_tools", "drop"),
+        log_bodies=spec.get("log_bodies"),
     )
 
 

@@ -34,11 +34,14 @@ def _validator() -> Draft202012Validator:
     return Draft202012Validator(json.loads(schema_text()))
 
 
-def validate_schema(doc: Document) -> list[Diagnostic]:
-    """All schema violations of `doc`, located; empty when the document is valid."""
+def validate_schema(
+    doc: Document, validator: Draft202012Validator | None = None
+) -> list[Diagnostic]:
+    """All schema violations of `doc`, located; empty when the document is valid. `validator`:
+    another schema than the config's (the route tests file of `interlock test`)."""
     out: list[Diagnostic] = []
     seen: set[tuple[str, str, str]] = set()
-    for error in _validator().iter_errors(doc.data):
+    for error in (validator or _validator()).iter_errors(doc.data):
         for diagnostic in _diagnose(_specific(error), doc):
             key = (diagnostic.code, diagnostic.span.path, diagnostic.message)
             if key not in seen:

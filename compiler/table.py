@@ -237,6 +237,7 @@ class CompiledAction:
     cache: str | None = None
     drop_unsupported: bool = False  # drop what the target protocol cannot honour, not a 400
     hosted_tools: str = "drop"  # Responses API hosted tools off kind openai: drop | refuse
+    log_bodies: bool | None = None  # None: observability.log_bodies decides
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,12 +283,24 @@ class ResponseHeaderNames:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthSettings:
+    """What ``/health`` (503) and ``/readyz`` need usable: ledger, keys, limits, cache, upstreams,
+    oauth. By default the stores that enforce policy: limits and the key store."""
+
+    required: tuple[str, ...] = ("keys", "limits")
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     listen: tuple[str, ...] = ("127.0.0.1:8080",)
     max_body_bytes: int = 10 * 1024 * 1024
+    max_upstream_body_bytes: int = 32 * 1024 * 1024
     drain_timeout_s: float = 30.0
+    keep_alive_timeout_s: float = 5.0
+    max_connections: int | None = None  # None: derived from the open-file limit at startup
     cors: CorsSettings | None = None
     response_headers: ResponseHeaderNames = ResponseHeaderNames()
+    health: HealthSettings = HealthSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +402,8 @@ class ObservabilitySettings:
     log_format: str = "json"
     log_destination: str = "stderr"
     log_bodies: bool = False
+    log_headers: bool = False
+    log_body_max_bytes: int = 4096
     redact: tuple[re.Pattern[str], ...] = ()
     metrics: bool = True
     metrics_path: str = "/metrics"

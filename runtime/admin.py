@@ -9,6 +9,8 @@ GET  /admin/usage    the usage ledger report: ?since=DAY&until=DAY&group_by=mode
                      organizations, projects and managed keys (runtime/admin_keys.py)
 POST /admin/cache/purge  empty the response cache: body {"policy": NAME} for one policy,
                      empty (or {}) for all; answers {"purged": {NAME: entries removed}}
+GET  /admin/upstreams each upstream's kind, base URL, status, breakers, error rate, latency
+                     average, attempts and last error (redacted), as this process sees it
 GET  /metrics        Prometheus text format (when `observability.metrics.enabled`)
 """
 
@@ -27,6 +29,7 @@ from runtime.admin_keys import key_routes
 from runtime.app import Gateway
 from runtime.auth import presented_key, verify_hash
 from runtime.errors import GatewayError, error_body
+from runtime.health import upstream_health
 from runtime.reload import Reloader, ReloadResult
 from runtime.state.cache import CacheUnavailable
 from runtime.state.ledger import GROUP_FIELDS
@@ -154,8 +157,24 @@ def admin_routes(gateway: Gateway, reloader: Reloader) -> list[Route]:
             return _error(GatewayError(503, message, code="cache_unavailable"))
         return _json({"purged": purged})
 
+    async def upstreams(request: Request) -> Response:
+        snap = gateway.snapshot
+        rows = upstream_health(gateway, snap)
+        return _json(
+            {
+                "version": snap.table.version,
+                "upstreams": {
+                    row.name: {
+                        "kind": snap.table.upstreams[row.name].kind,
+                        "base_url": snap.redactor.text(snap.table.upstreams[row.name].base_url),
+                        **row.as_dict(),
+                    }
+                    for row in rows
+                },
+            }
+        )
+
     async def metrics(request: Request) -> Response:
-        gateway.metrics.in_flight.set(gateway.in_flight)
         if not gateway.snapshot.table.observability.metrics:
             return Response(status_code=404)
         return Response(
@@ -168,6 +187,7 @@ def admin_routes(gateway: Gateway, reloader: Reloader) -> list[Route]:
         Route("/admin/config", _guarded(gateway, config), methods=["GET"]),
         Route("/admin/usage", _guarded(gateway, usage), methods=["GET"]),
         Route("/admin/cache/purge", _guarded(gateway, cache_purge), methods=["POST"]),
+        Route("/admin/upstreams", _guarded(gateway, upstreams), methods=["GET"]),
         *key_routes(gateway, _guarded),
         *(Route(path, metrics, methods=["GET"]) for path in sorted(paths)),
     ]

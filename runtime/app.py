@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
@@ -26,7 +27,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from runtime.accesslog import AccessLog
 from runtime.caching import fill_cache
-from runtime.errors import GatewayError, error_body, is_anthropic
+from runtime.errors import GatewayError, error_body, is_anthropic, stream_error_event
+from runtime.exchange import Exchange
+from runtime.health import HealthChecker, upstream_health
 from runtime.keys import ManagedKeys
 from runtime.metering import Trace, build_record
 from runtime.metrics import Metrics
@@ -61,13 +64,17 @@ class Gateway:
 
     def __init__(self, snapshot: Snapshot, state: GatewayState | None = None) -> None:
         self.state = state or GatewayState()
-        self.state.pool.prepare(list(snapshot.table.upstreams.values()))
+        self.state.pool.prepare(
+            list(snapshot.table.upstreams.values()), snapshot.table.server.max_upstream_body_bytes
+        )
         self.snapshot = snapshot
         self.access_log = AccessLog()
         self.metrics = Metrics()
         self.metrics.set_version(snapshot.table.version)
         self.started = time.time()
         self.in_flight = 0
+        self.requests: set[asyncio.Task[Any]] = set()  # API requests running, for end_requests
+        self.ending = False
         self.ledger: Ledger | None = None
         self._ledger_target: tuple[str, str] | None = None
         self._running = False
@@ -82,6 +89,10 @@ class Gateway:
         self.metrics.cache_stats = lambda: (
             self.state.cache_stats if self.state.cache is not None else None
         )
+        self.metrics.refusals_by_policy = lambda: self.state.limit_refusals_by_policy
+        self.metrics.in_flight_count = lambda: self.in_flight
+        self.metrics.upstreams = lambda: upstream_health(self, self.snapshot)
+        self.health = HealthChecker(self)
         self._sync_ledger(snapshot)
         self._sync_limiter(snapshot)
         self._sync_cache(snapshot)
@@ -96,6 +107,7 @@ class Gateway:
     async def close(self) -> None:
         """Flush the ledger; at lifespan shutdown, after in-flight requests have finished."""
         self._running = False
+        await self.health.close()
         await self.keys.close()
         if self.ledger is not None:
             await self.ledger.close()
@@ -168,7 +180,7 @@ class Gateway:
             return
         if self.ledger is not None:
             self.ledger.record(record)
-            self.metrics.observe_usage(record)
+        self.metrics.observe_usage(record)
         if trace.admission is not None and self.state.limiter is not None:
             # NOTE: a cache hit counts as a request, not as tokens (its cost is 0 already)
             tokens = 0 if record.cache_hit else record.input_tokens + record.output_tokens
@@ -235,9 +247,18 @@ class Gateway:
             or (self.state.cache is not None and snap.cache_target is not None)
         )
 
+    def end_requests(self) -> None:
+        """At the drain deadline: end every API request still running with a 503 "server
+        shutting down" in its API's shape (an error event, when its stream has started)."""
+        self.ending = True
+        for task in list(self.requests):
+            task.cancel()
+
     def swap(self, snapshot: Snapshot) -> None:
         """Publish `snapshot`: prepare pools first, then one reference assignment."""
-        self.state.pool.prepare(list(snapshot.table.upstreams.values()))
+        self.state.pool.prepare(
+            list(snapshot.table.upstreams.values()), snapshot.table.server.max_upstream_body_bytes
+        )
         self.keys.swap(snapshot)
         self.snapshot = snapshot
         self.metrics.set_version(snapshot.table.version)
@@ -248,6 +269,7 @@ class Gateway:
         self.state.breakers.prune(live_targets)
         self.state.latency.prune(live_targets)
         live_upstreams = {u.state_id for u in snapshot.table.upstreams.values()}
+        self.state.upstream_stats.prune(live_upstreams)
         for stale in set(self.state.tokens) - live_upstreams:
             del self.state.tokens[stale]
 
@@ -267,17 +289,25 @@ class ApiEndpoint:
         started = time.perf_counter()
         request_id = ""
         gateway.in_flight += 1
+        task = asyncio.current_task()
+        if task is not None:
+            gateway.requests.add(task)
+        sent = _Sent()
         outcome: Outcome | None = None
         status = 500
         error: str | None = None
         cors: list[tuple[str, str]] = []
         guard: _DisconnectGuard | None = None
         ctx: RequestContext | None = None
+        exchange: Exchange | None = None
         try:
             try:
                 headers = _headers(scope)
                 request_id = _request_id(headers, snap)
                 cors = _cors_headers(snap, headers)
+                exchange = gateway.access_log.open_exchange(snap, self.api, headers)
+                if exchange is not None:  # NOTE: headers or bodies are logged: see what is sent
+                    send = exchange.wrap(send)
                 if scope["method"] != "POST":
                     raise GatewayError(
                         405,
@@ -291,6 +321,7 @@ class ApiEndpoint:
                 ctx.api_key = api_key
                 ctx.client_ip = _client_ip(scope)
                 ctx.query = scope.get("query_string", b"")
+                ctx.exchange = exchange
                 if gateway.needs_trace(snap):
                     usage = snap.table.usage
                     ctx.trace = Trace(keep_text=usage is not None and usage.log_prompts)
@@ -321,21 +352,38 @@ class ApiEndpoint:
                     ctx.trace.first_byte = time.perf_counter()
                 response_headers.append(("content-length", str(len(outcome.body))))
                 await _start(send, status, response_headers + cors)
+                sent.started = True
                 await send({"type": "http.response.body", "body": outcome.body})
             else:
                 await _start(send, status, response_headers + cors)
-                await _pump(send, outcome, ctx.trace if ctx is not None else None)
+                sent.started = sent.stream = True
+                await _pump(send, outcome, ctx.trace if ctx is not None else None, sent)
         except ClientGone:
             status, error = 499, "client_gone"
         except asyncio.CancelledError:
-            if guard is None or not guard.gone:
+            if guard is not None and guard.gone:
+                status, error = 499, "client_gone"  # NOTE: our guard cancelled: the client left
+            elif gateway.ending and task is not None and task.uncancel() == 0:
+                status, error = 503, "shutting_down"  # NOTE: end_requests cancelled us
+                await _end_for_shutdown(send, self.api, snap, request_id, cors, sent)
+            else:
                 raise
-            status, error = 499, "client_gone"  # NOTE: our guard cancelled: the client left
         finally:
             if guard is not None:
                 guard.finish()
             gateway.in_flight -= 1
-            gateway.access_log.record(snap, self.api, request_id, status, outcome, started)
+            gateway.requests.discard(task)
+            gateway.access_log.record(
+                snap,
+                self.api,
+                request_id,
+                status,
+                started,
+                ctx=ctx,
+                outcome=outcome,
+                error=error,
+                exchange=exchange,
+            )
             if ctx is not None and ctx.trace is not None:
                 gateway.settle(snap, ctx, status, error, outcome, started)
             gateway.metrics.observe(self.api, status, time.perf_counter() - started)
@@ -514,7 +562,48 @@ async def _wait_disconnect(receive: Receive) -> None:
             return
 
 
-async def _pump(send: Send, outcome: Outcome, trace: Trace | None) -> None:
+class _Sent:
+    """How far a response got, for ending it at the drain deadline."""
+
+    __slots__ = ("last", "started", "stream")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.stream = False
+        self.last = b""  # the last stream chunk sent
+
+
+_SHUTTING_DOWN = GatewayError(
+    503, "server shutting down", code="shutting_down", headers=(("retry-after", "1"),)
+)
+_SEQUENCE = re.compile(rb'"sequence_number": ?(\d+)')
+
+
+async def _end_for_shutdown(
+    send: Send,
+    api: str,
+    snap: Snapshot,
+    request_id: str,
+    cors: list[tuple[str, str]],
+    sent: _Sent,
+) -> None:
+    """A 503 when nothing was sent yet; else the stream's error event and its end."""
+    try:
+        if not sent.started:
+            await _send_error(send, api, _SHUTTING_DOWN, snap, request_id, cors)
+            return
+        if sent.stream:
+            numbers = _SEQUENCE.findall(sent.last) if api == "openai.responses" else []
+            sequence = int(numbers[-1]) + 1 if numbers else 0
+            event = stream_error_event(api, _SHUTTING_DOWN, sequence)
+            prefix = b"" if not sent.last or sent.last.endswith(b"\n\n") else b"\n\n"
+            await send({"type": "http.response.body", "body": prefix + event, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    except Exception as exc:  # NOTE: an error answer was already under way; the server says so
+        _LOG.warning("request %s not ended cleanly at shutdown: %r", request_id, exc)
+
+
+async def _pump(send: Send, outcome: Outcome, trace: Trace | None, sent: _Sent) -> None:
     """Stream the body; the upstream stream is closed however this ends."""
     stream = outcome.stream
     assert stream is not None
@@ -523,6 +612,7 @@ async def _pump(send: Send, outcome: Outcome, trace: Trace | None) -> None:
             if trace is not None and trace.first_byte is None:
                 trace.first_byte = time.perf_counter()
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            sent.last = chunk
         await send({"type": "http.response.body", "body": b""})
     finally:
         await stream.aclose()  # type: ignore[attr-defined]
@@ -623,8 +713,12 @@ def create_app(gateway: Gateway, extra_routes: list[Route] | None = None) -> Gat
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        snap = gateway.snapshot
-        return JSONResponse({"status": "ready", "version": snap.table.version})
+        status, body = await gateway.health.ready()
+        return JSONResponse(body, status)
+
+    async def health(request: Request) -> Response:
+        status, body = await gateway.health.report()
+        return JSONResponse(body, status)
 
     # NOTE: preflights first; every other method reaches the endpoint, which answers a shaped 405
     routes = [Route(path, _preflight(gateway), methods=["OPTIONS"]) for path in API_PATHS]
@@ -635,6 +729,7 @@ def create_app(gateway: Gateway, extra_routes: list[Route] | None = None) -> Gat
         Route("/v1/models/{model_id:path}", retrieve_model_endpoint(gateway), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
         *(extra_routes or []),
     ]
 

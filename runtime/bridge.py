@@ -23,7 +23,8 @@ import msgspec
 from compiler.transforms import Step, apply_stream_steps
 from runtime.errors import GatewayError, is_anthropic
 from runtime.metering import RawTap, Trace
-from runtime.sse import NDJSONDecoder, SSEDecoder
+from runtime.redaction import Redactor, is_error_payload, redact_error_events, reports_error
+from runtime.sse import NDJSONDecoder, SSEDecoder, lf_framing
 from runtime.translate import TranslationError
 from runtime.translate import anthropic as tr_anthropic
 from runtime.translate import gigachat as tr_gigachat
@@ -46,6 +47,7 @@ from runtime.translate.unsupported import (
     COMPLETIONS_TO_OLLAMA,
     EMBEDDINGS_TO_GIGACHAT,
     MESSAGES_TO_CHAT,
+    RESPONSES_TO_CHAT,
     refuse_unsupported,
 )
 from runtime.upstream import UpstreamFailure
@@ -92,18 +94,22 @@ class Bridge:
         api: str,
         trace: Trace | None = None,
         request: Mapping[str, Any] | None = None,
+        redactor: Redactor | None = None,
     ) -> Relay:
         """The relay for one stream. With a `trace` (the request is metered) the upstream is
         always asked for usage, the meter sees every event, and a usage chunk the client did
         not ask for is dropped. `request` (the client's decoded body) gives a translated
-        Anthropic stream the prompt estimate its ``message_start`` reports."""
+        Anthropic stream the prompt estimate its ``message_start`` reports. `redactor` masks
+        secrets in the upstream's error events (the snapshot's; without one, credential
+        shapes only)."""
         metered = trace is not None
+        redactor = redactor if redactor is not None else Redactor(())
         if self.translator is None and not steps and (include_usage or not metered):
             if api == "openai.responses":
-                return ResponsesRawRelay(api, self.terminator, trace)
-            return RawRelay(api, self.terminator, trace)
+                return ResponsesRawRelay(api, self.terminator, trace, redactor)
+            return RawRelay(api, self.terminator, trace, redactor)
         if self.translator is None and not steps and trace is not None and api in _CHUNK_APIS:
-            return UsageStripRelay(api, self.terminator, trace)
+            return UsageStripRelay(api, self.terminator, trace, redactor)
         translator = None
         if self.translator is not None:
             prompt_tokens = 0
@@ -111,14 +117,26 @@ class Bridge:
                 prompt_tokens = estimate_tokens(count_request_chars(request))
             translator = self.translator(model, include_usage or metered, prompt_tokens)
         return EventRelay(
-            api, self.framing, translator, tuple(steps), self.terminator, trace, include_usage
+            api,
+            self.framing,
+            translator,
+            tuple(steps),
+            self.terminator,
+            trace,
+            include_usage,
+            redactor=redactor,
         )
 
-    def error_body(self, api: str, status: int, body: bytes) -> bytes:
-        """An upstream error body rewritten in the client's API shape (secrets redacted)."""
+    def error_body(
+        self, api: str, status: int, body: bytes, redactor: Redactor | None = None
+    ) -> bytes:
+        """An upstream error body rewritten in the client's API shape, secrets redacted: the
+        credential shapes always, and with `redactor` every value it knows."""
         if is_anthropic(api):
-            return _encode(to_anthropic_error(body, status=status))
-        return _encode(to_openai_error(body, status=status))
+            shaped = to_anthropic_error(body, status=status)
+        else:
+            shaped = to_openai_error(body, status=status)
+        return _encode(redactor.value(shaped) if redactor is not None else shaped)
 
 
 # --- relays -----------------------------------------------------------------------------------
@@ -130,12 +148,6 @@ class Relay(Protocol):
 
 
 _TAIL_BYTES = 4096  # enough for the last event when it is an upstream's error event
-
-
-def is_error_payload(data: Any) -> bool:
-    """Whether a decoded stream event reports an error: Anthropic's ``{"type": "error", ...}``,
-    an OpenAI-style ``{"error": {...}}`` chunk or an Ollama ``{"error": "..."}`` line."""
-    return isinstance(data, dict) and (data.get("type") == "error" or bool(data.get("error")))
 
 
 _CHUNK_APIS = frozenset({"openai.chat", "openai.completions"})
@@ -150,9 +162,11 @@ class UsageStripRelay:
 
     __slots__ = ("_buf", "_meter", "_raw", "api")
 
-    def __init__(self, api: str, terminator: bytes, trace: Trace) -> None:
+    def __init__(
+        self, api: str, terminator: bytes, trace: Trace, redactor: Redactor | None = None
+    ) -> None:
         self.api = api
-        self._raw = RawRelay(api, terminator, trace)
+        self._raw = RawRelay(api, terminator, trace, redactor)
         self._meter = trace.meter
         self._buf = b""
 
@@ -178,6 +192,10 @@ class UsageStripRelay:
     def at_boundary(self) -> bool:
         return self._raw.at_boundary
 
+    @property
+    def failed(self) -> bool:
+        return self._raw.failed
+
     def _strip(self, events: bytes) -> bytes:
         kept = []
         for event in events.split(b"\n\n"):
@@ -193,16 +211,25 @@ class UsageStripRelay:
 
 
 class RawRelay:
-    """Same protocol, no stream transforms: bytes go through untouched. At the end it checks that
-    the upstream stream ended properly: with ``[DONE]`` / ``message_stop``, or with an error event
-    (already passed on, so it stays the stream's last event)."""
+    """Same protocol, no stream transforms: events go through untouched, whole (an event is
+    passed on once its blank line came), except an upstream error event, whose strings are
+    redacted. At the end it checks that the upstream stream ended properly: with ``[DONE]`` /
+    ``message_stop``, or with an error event (then the stream's last event)."""
 
-    __slots__ = ("_tail", "_tap", "api", "terminator")
+    __slots__ = ("_held", "_redactor", "_tail", "_tap", "api", "terminator")
 
-    def __init__(self, api: str, terminator: bytes, trace: Trace | None = None) -> None:
+    def __init__(
+        self,
+        api: str,
+        terminator: bytes,
+        trace: Trace | None = None,
+        redactor: Redactor | None = None,
+    ) -> None:
         self.api = api
         self.terminator = terminator
         self._tail = b""
+        self._held = bytearray()  # the start of an event whose end has not come yet
+        self._redactor = redactor if redactor is not None else Redactor(())
         self._tap = None
         if trace is not None:
             self._tap = trace.raw_chunks = RawTap()
@@ -211,12 +238,40 @@ class RawRelay:
         self._tail = (self._tail + chunk)[-_TAIL_BYTES:]
         if self._tap is not None:
             self._tap.add(chunk)
-        return chunk
+        # SECURITY: an event is passed on whole, so an error event is seen (and redacted)
+        # before any of its bytes leave; SSE clients act on whole events anyway.
+        held = self._held
+        if b"\r" in chunk or held.endswith(b"\r"):
+            if held.endswith(b"\r"):  # NOTE: the CR of a CRLF split between two chunks
+                del held[-1]
+                chunk = b"\r" + chunk
+            chunk = lf_framing(chunk)
+        if not held:  # PERF: the usual case, a chunk of whole events: no copy
+            end = chunk.rfind(b"\n\n")
+            if end < 0:
+                held += chunk
+                return b""
+            held += chunk[end + 2 :]
+            return redact_error_events(chunk[: end + 2], self._redactor)
+        # PERF: a long event in many chunks is appended, and only its new bytes are searched
+        start = len(held) - 1
+        held += chunk
+        end = held.rfind(b"\n\n", start)
+        if end < 0:
+            return b""
+        ready = bytes(held[: end + 2])
+        del held[: end + 2]
+        return redact_error_events(ready, self._redactor)
 
     def finish(self) -> bytes:
-        if self.terminator in self._tail[-64:] or self._ended_with_error():
-            return b""
-        raise UpstreamFailure("bad_response", "upstream stream ended before it was complete")
+        rest = bytes(self._held).rstrip(b"\r\n")
+        self._held.clear()
+        if not self._ended_properly():
+            raise UpstreamFailure("bad_response", "upstream stream ended before it was complete")
+        return redact_error_events(rest + b"\n\n", self._redactor) if rest else b""
+
+    def _ended_properly(self) -> bool:
+        return self.terminator in self._tail[-64:] or self._ended_with_error()
 
     def _ended_with_error(self) -> bool:
         events = SSEDecoder().feed(self._tail + b"\n\n")  # NOTE: only the last one matters
@@ -232,7 +287,14 @@ class RawRelay:
 
     @property
     def at_boundary(self) -> bool:
-        return self._tail.endswith((b"\n\n", b"\r\n\r\n")) or not self._tail
+        """Whether what went to the client ends between events: always, as only whole events
+        are passed on (a partial one is dropped when the stream breaks)."""
+        return True
+
+    @property
+    def failed(self) -> bool:
+        """Whether the upstream ended the stream with an error event (read once it ended)."""
+        return self.terminator not in self._tail[-64:] and self._ended_with_error()
 
 
 _RESPONSES_END = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -252,8 +314,14 @@ class ResponsesRawRelay(RawRelay):
 
     __slots__ = ("_ended", "sequence")
 
-    def __init__(self, api: str, terminator: bytes, trace: Trace | None = None) -> None:
-        super().__init__(api, terminator, trace)
+    def __init__(
+        self,
+        api: str,
+        terminator: bytes,
+        trace: Trace | None = None,
+        redactor: Redactor | None = None,
+    ) -> None:
+        super().__init__(api, terminator, trace, redactor)
         self._ended = False
         self.sequence = 0
 
@@ -266,10 +334,8 @@ class ResponsesRawRelay(RawRelay):
             self.sequence = int(numbers[-1]) + 1
         return super().feed(chunk)
 
-    def finish(self) -> bytes:
-        if self._ended:
-            return b""
-        raise UpstreamFailure("bad_response", "upstream stream ended before it was complete")
+    def _ended_properly(self) -> bool:
+        return self._ended
 
 
 class EventRelay:
@@ -278,13 +344,14 @@ class EventRelay:
     The upstream stream must end properly (``[DONE]``, ``message_stop`` or Ollama's ``done``
     line) even when a translator could close the client's stream by itself: a stream that
     stops short is an error, never a complete answer. An upstream error event ends the stream:
-    it is passed on (translated) and nothing follows it."""
+    it is passed on (redacted, translated) and nothing follows it."""
 
     __slots__ = (
         "_done",
         "_failed",
         "_meter",
         "_ndjson",
+        "_redactor",
         "_responses",
         "_sse",
         "api",
@@ -304,9 +371,12 @@ class EventRelay:
         terminator: bytes,
         trace: Trace | None = None,
         include_usage: bool = True,
+        *,
+        redactor: Redactor | None = None,
     ) -> None:
         self.api = api
         self.translator = translator
+        self._redactor = redactor if redactor is not None else Redactor(())
         self.steps = steps
         self.terminator = terminator
         self._meter = trace.meter if trace is not None else None
@@ -322,6 +392,11 @@ class EventRelay:
         if self._failed:
             return b""
         return self._emit(self._upstream_events(chunk))
+
+    @property
+    def failed(self) -> bool:
+        """Whether the upstream ended the stream with an error event."""
+        return self._failed
 
     def finish(self) -> bytes:
         if self._failed:
@@ -354,6 +429,8 @@ class EventRelay:
                 ):
                     self._done = True
                 self._failed = event.event == "error" or is_error_payload(data)
+                if reports_error(event.event, data):
+                    data = self._redactor.value(data)
                 events.extend(self._translate(event.event, data))
                 if self._failed:
                     break
@@ -368,6 +445,8 @@ class EventRelay:
                 if isinstance(data, dict) and data.get("done") is True:
                     self._done = True
                 self._failed = is_error_payload(data)
+                if self._failed:
+                    data = self._redactor.value(data)
                 events.extend(self._translate(None, data))
                 if self._failed:
                     break
@@ -509,6 +588,23 @@ def _naming_client_params(
     return run
 
 
+def _naming_responses_params(translate: Callable[[Body], Body]) -> Callable[[Body], Body]:
+    """`translate` (Responses -> chat -> upstream), its refusals naming the Responses field the
+    refused chat parameter came from (`tr_responses.responses_param`)."""
+
+    def run(body: Body) -> Body:
+        try:
+            return translate(body)
+        except TranslationError as exc:
+            param = tr_responses.responses_param(body, exc.param) if exc.param else None
+            if param is None or param == exc.param:
+                raise
+            message = exc.message.replace(str(exc.param), param)
+            raise TranslationError(message, param=param, droppable=exc.droppable) from None
+
+    return run
+
+
 def _anthropic_over(chat: Bridge, *, keep_top_k: bool = False) -> Bridge:
     """The ``anthropic.messages`` bridge over `chat`, an ``openai.chat`` bridge that translates:
     requests go Anthropic -> OpenAI -> upstream, responses and streams come back the same way.
@@ -550,12 +646,14 @@ def _responses_over(chat: Bridge) -> Bridge:
         events = _ChatToResponsesEvents(model, True)
         return events if to_openai is None else _Chain(to_openai(model, True, 0), events)
 
-    request = tr_responses.responses_to_chat
+    request = refuse_unsupported(RESPONSES_TO_CHAT, tr_responses.responses_to_chat)
     response = tr_responses.chat_to_response
+    if to_upstream is not None:
+        request = _naming_responses_params(_compose(request, to_upstream))
     return Bridge(
         chat.path,
         chat.framing,
-        request=request if to_upstream is None else _compose(request, to_upstream),
+        request=request,
         response=response if from_upstream is None else _compose(from_upstream, response),
         translator=translator,
     )

@@ -324,7 +324,7 @@ async def serve_hit(
     trace = ctx.trace
     if trace is not None:
         trace.cache_hit = True
-        trace.upstream, trace.upstream_model = entry.upstream, entry.upstream_model
+        ctx.upstream, ctx.upstream_model = entry.upstream, entry.upstream_model
         trace.model = snap.table.models.get(entry.model or "", trace.model)
         meter = trace.meter
         if meter.text is not None:  # NOTE: log_prompts keeps the answer's text

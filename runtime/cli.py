@@ -5,13 +5,18 @@
     interlock dump FILE          the compiled table, deterministic and secret-free
     interlock schema             the JSON Schema of the config language
     interlock hash-key [KEY]     a new API key (or KEY) and the `hash:` line to put in the config
-    interlock serve CONFIG       run the gateway
+    interlock serve CONFIG [--log-level debug|info|warning|error]   run the gateway
     interlock usage report CONFIG [--since DAY] [--until DAY] [--group-by FIELD...]
                                  [--format table|json|csv]   the ledger, read from its store
     interlock usage prune CONFIG delete ledger records past `usage.retention_days`
     interlock orgs create|list CONFIG ...      organizations    } managed keys, straight on
     interlock projects create|list CONFIG ...  projects         } the config's auth.store
     interlock keys create|list|revoke CONFIG ...  API keys      } (runtime/keys_cli.py)
+    interlock explain CONFIG REQUEST.json [--header K:V] [--key-id ID] [--json]
+                                 where a request would go (route, model, targets, headers, body)
+    interlock diff OLD NEW [--json] [--requests FILE]   semantic diff; exit 1 when they differ
+    interlock test CONFIG TESTS.yaml [--junit FILE] [--min-coverage PCT]   route tests
+                                 (runtime/ops_cli.py; none of them needs a server or a secret)
 
 Only `serve` imports the server; the other commands need nothing but the compiler.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import os
 import secrets
 import signal
 import sys
@@ -32,6 +38,7 @@ from compiler.diagnostics import render_github, render_json, render_text
 from compiler.dump import dump_table
 from compiler.schema import schema_text
 from runtime.keys_cli import add_parsers as add_key_parsers
+from runtime.ops_cli import add_parsers as add_ops_parsers
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--bind", action="append", help="host:port (repeatable); overrides config")
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
+    serve.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="threshold of the server's own log lines, not the access log (default: warning,"
+        " or $INTERLOCK_LOG_LEVEL)",
+    )
     serve.set_defaults(run=_serve)
 
     usage = sub.add_parser("usage", help="read the usage ledger (no server needed)")
@@ -88,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("config", metavar="CONFIG", help="config file or directory")
     prune.set_defaults(run=_usage)
     add_key_parsers(sub)
+    add_ops_parsers(sub)
     return parser
 
 
@@ -180,6 +194,8 @@ def _usage(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     # NOTE: a SIGHUP while the server is still importing must not kill it (reloads come later)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if args.log_level:
+        os.environ["INTERLOCK_LOG_LEVEL"] = args.log_level  # NOTE: spawned workers inherit it
     from runtime.server import serve  # NOTE: only `serve` pays for importing the server
 
     return serve(args.config, binds=args.bind, workers=args.workers, watch=not args.no_watch)

@@ -253,6 +253,14 @@ async def admit(
     raise refusal(plan.checks[index], verdict.states[index], admission.headers(ctx.api))
 
 
+class LimitRefusal(GatewayError):
+    """The 429 of a limit policy; `policy` names it (for the refusal metrics)."""
+
+    def __init__(self, policy: str, message: str, **kwargs: Any) -> None:
+        super().__init__(429, message, **kwargs)
+        self.policy = policy
+
+
 def refusal(
     guarded: Guarded, state: CheckState, rate_headers: list[tuple[str, str]]
 ) -> GatewayError:
@@ -279,8 +287,8 @@ def refusal(
             f"({_number(state.used)} in the last minute); retry in {retry_after} s"
         )
     headers = [("retry-after", str(retry_after)), *rate_headers]
-    return GatewayError(
-        429,
+    return LimitRefusal(
+        guarded.policy,
         message,
         code="insufficient_quota" if budget else "rate_limit_exceeded",
         headers=headers,

@@ -292,35 +292,24 @@ def _body_texts(api: str, data: dict[str, Any]) -> Iterable[Any]:
 
 
 class Trace:
-    """What the pipeline learned about one request, for its ledger record."""
+    """What the pipeline learned about one metered request, for its ledger record (who served
+    it is on the `RequestContext`, which every request has)."""
 
     __slots__ = (
         "admission",
-        "attempts",
         "cache_fill",
         "cache_hit",
-        "error",
         "first_byte",
         "meter",
         "model",
         "raw_chunks",
-        "requested",
-        "route",
-        "upstream",
-        "upstream_model",
     )
 
     def __init__(self, *, keep_text: bool = False) -> None:
-        self.route: str | None = None
-        self.requested: str | None = None
         self.model: CompiledModel | None = None  # the model that served (fallbacks included)
-        self.upstream: str | None = None
-        self.upstream_model: str | None = None
-        self.attempts = 0
         self.cache_hit = False
         self.cache_fill: CacheFill | None = None  # a miss's answer, stored in the cache at settle
         self.admission: Admission | None = None  # limit reservations to settle
-        self.error: str | None = None  # a failure after the response started (mid-stream)
         self.first_byte: float | None = None  # perf_counter when the first body byte went out
         self.meter = Meter(keep_text=keep_text)
         self.raw_chunks: RawTap | None = None  # a raw relay's record, read when settling
@@ -420,13 +409,13 @@ def build_record(
         key_id=key.id if key is not None else None,
         org=key.org if key is not None else None,
         project=key.project if key is not None else None,
-        route=trace.route,
-        requested_model=trace.requested,
+        route=ctx.route_name,
+        requested_model=ctx.requested,
         model=model.name if model is not None else None,
-        upstream=trace.upstream,
-        upstream_model=trace.upstream_model,
+        upstream=ctx.upstream,
+        upstream_model=ctx.upstream_model,
         stream=ctx.stream,
-        error=error or trace.error,
+        error=error or ctx.stream_error,
         input_tokens=meter.input_tokens,
         output_tokens=meter.output_tokens,
         cached_tokens=meter.cached_tokens,
@@ -435,7 +424,7 @@ def build_record(
         estimated=estimated,
         latency_ms=round((now - started) * 1000, 3),
         ttfb_ms=round((trace.first_byte - started) * 1000, 3) if trace.first_byte else None,
-        attempts=trace.attempts,
+        attempts=ctx.attempts,
         cache_hit=trace.cache_hit,
         cost_saved=cost_saved,
         config_version=version,

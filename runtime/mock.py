@@ -25,6 +25,7 @@ from runtime.errors import GatewayError
 from runtime.translate import TranslationError
 from runtime.translate.responses import chat_to_response, responses_to_chat
 from runtime.translate.responses_stream import ChatToResponsesStream
+from runtime.translate.shapes import REQUEST_SHAPES, check_types
 from runtime.upstream import Reply, UpstreamFailure
 
 _encode = msgspec.json.Encoder().encode
@@ -53,6 +54,10 @@ class MockProvider:
         stream: bool,
         include_usage: bool = False,
     ) -> Reply:
+        try:
+            check_types(body, REQUEST_SHAPES[api])
+        except TranslationError as exc:
+            raise GatewayError(400, exc.message, param=exc.param) from None
         s = self.settings
         if s.latency_ms:
             await asyncio.sleep(s.latency_ms / 1000)
@@ -119,7 +124,7 @@ class _Answer(msgspec.Struct):
     def of(cls, api: str, body: dict[str, Any], s: MockSettings) -> _Answer:
         said = message_text(api, body, "last_user")
         text = s.reply if s.reply is not None else (f"Echo: {said}" if said else _DEFAULT_REPLY)
-        tool, arguments = _pick_tool(body, s) if _awaits_answer(body) else (None, "{}")
+        tool, arguments = _pick_tool(api, body, s) if _awaits_answer(body) else (None, "{}")
         prompt = s.prompt_tokens or max(1, len(message_text(api, body, "all")) // 4)
         completion = s.completion_tokens or max(1, len(text.split()))
         ident = hashlib.sha256(f"{time.time_ns()}{said}".encode()).hexdigest()[:24]
@@ -321,21 +326,23 @@ class _Answer(msgspec.Struct):
         return out
 
 
-def _pick_tool(body: dict[str, Any], s: MockSettings) -> tuple[str | None, str]:
+def _pick_tool(api: str, body: dict[str, Any], s: MockSettings) -> tuple[str | None, str]:
     """The tool to call and its JSON arguments: the first of `s.tool_calls` the request offers,
     or (without ``tool_calls``) the first offered tool with ``{}``; ``(None, "{}")`` for none."""
     tools = body.get("tools")
     if not (isinstance(tools, list) and tools):
         return None, "{}"
-    names = [
-        str((tool.get("function") or tool).get("name") or "tool")
-        for tool in tools
-        if isinstance(tool, dict)
-    ]
+    names = [_tool_name(api, tool) for tool in tools if isinstance(tool, dict)]
     if not s.tool_calls:
         return (names[0] if names else "tool"), "{}"
     offered = set(names)
     return next(((n, a) for n, a in s.tool_calls if n in offered), (None, "{}"))
+
+
+def _tool_name(api: str, tool: dict[str, Any]) -> str:
+    """An offered tool's name: ``function.name`` of a chat tool, ``name`` of an Anthropic one."""
+    named = tool if api.startswith("anthropic.") else (tool.get("function") or {})
+    return str(named.get("name") or "tool")
 
 
 def _awaits_answer(body: dict[str, Any]) -> bool:

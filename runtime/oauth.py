@@ -83,7 +83,9 @@ class TokenSource:
         "_clock",
         "_credentials",
         "_inflight",
+        "_last_error",
         "_retry_at",
+        "on_token",
         "refresh_margin_s",
         "scope",
         "timeout_s",
@@ -100,8 +102,11 @@ class TokenSource:
         refresh_margin_s: float = 60.0,
         timeout_s: float = 30.0,
         clock: Callable[[], float] = time.time,
+        on_token: Callable[[str], None] | None = None,
     ) -> None:
         self.token_url = token_url
+        # SECURITY: told every token fetched (before it is used), so a redactor can mask it
+        self.on_token = on_token
         self.scope = scope
         self.refresh_margin_s = refresh_margin_s
         self.timeout_s = timeout_s
@@ -111,6 +116,7 @@ class TokenSource:
         self._cached: _Token | None = None
         self._inflight: asyncio.Task[_Token] | None = None
         self._retry_at = -math.inf
+        self._last_error: str | None = None
 
     @classmethod
     def from_settings(
@@ -163,6 +169,16 @@ class TokenSource:
                 return cached.value
             raise
 
+    def follow(self, on_token: Callable[[str], None]) -> None:
+        """Tell `on_token` every token fetched from now on, and the cached one at once (a table
+        swapped in after the fetch has a redactor that must learn it too). Cheap when `on_token`
+        is already the one told (the same bound method compares equal)."""
+        if on_token == self.on_token:
+            return
+        self.on_token = on_token
+        if self._cached is not None:
+            on_token(self._cached.value)
+
     def invalidate(self, token: str | None = None) -> None:
         """Force the next ``token()`` to refresh (after the upstream answered 401). With `token`,
         only if that is still the cached one, so a stale 401 does not discard a fresh token."""
@@ -179,8 +195,25 @@ class TokenSource:
         error = task.exception()  # NOTE: marks it retrieved even if every waiter went away
         if error is None:
             self._cached = task.result()
+            self._last_error = None
         else:
             self._retry_at = self._clock() + RETRY_HOLDOFF_S
+            self._last_error = str(error)
+
+    def status(self) -> tuple[str, float | None, str | None]:
+        """``(state, expires_at, last_error)`` for health reports; never the token. `state` is
+        ``valid``, ``expiring`` (within the refresh margin), ``expired`` (refreshed on next use),
+        ``failed`` (no usable token and the last refresh failed) or ``none`` (never fetched).
+        Example: ``("valid", 1.7e9, None)``."""
+        cached, now = self._cached, self._clock()
+        if cached is not None and now < cached.expires_at:
+            state = "valid" if now < cached.refresh_at else "expiring"
+            return state, cached.expires_at, self._last_error
+        if self._last_error is not None:
+            return "failed", cached.expires_at if cached else None, self._last_error
+        if cached is not None:
+            return "expired", cached.expires_at, None  # NOTE: the next request refreshes it
+        return "none", None, None
 
     async def _refresh(self) -> _Token:
         try:
@@ -220,6 +253,8 @@ class TokenSource:
         expires_at = _expiry(body, now)
         if expires_at is None:
             raise OAuthError(f"token endpoint {self.token_url} answered no usable expiry")
+        if self.on_token is not None:
+            self.on_token(value)
         if expires_at <= now:
             raise OAuthError(
                 f"token endpoint {self.token_url} answered an expired token"

@@ -37,15 +37,24 @@ from runtime.balance import LatencyBook, RoundRobinBook, order_targets
 from runtime.bridge import Bridge, EventRelay, Relay, bridge_for
 from runtime.caching import CacheStats, plan_cache, prepare_fill, serve_hit
 from runtime.errors import GatewayError, is_anthropic, stream_error_event
-from runtime.limiting import Admission, admit, plan_limits
+from runtime.limiting import Admission, LimitRefusal, admit, plan_limits
 from runtime.oauth import OAuthError, TokenSource
+from runtime.redaction import Redactor
 from runtime.request import RequestContext
-from runtime.resilience import BreakerBook, classify_status, next_delay, should_retry
+from runtime.resilience import (
+    BREAKER_FAILURES,
+    BreakerBook,
+    UpstreamStatsBook,
+    classify_status,
+    next_delay,
+    should_retry,
+)
 from runtime.snapshot import ANTHROPIC_VERSION, PreparedUpstream, Snapshot
 from runtime.state.cache import ResponseCache
 from runtime.state.limits import Limiter
 from runtime.translate import TranslationError
-from runtime.translate.anthropic import count_request_chars, estimate_tokens
+from runtime.translate.anthropic import estimate_input_tokens
+from runtime.translate.common import embeddings_as_base64
 from runtime.translate.responses import hosted_tools
 from runtime.translate.unsupported import translate_dropping
 from runtime.upstream import Reply, UpstreamFailure, UpstreamPool
@@ -88,6 +97,7 @@ class GatewayState:
 
     pool: UpstreamPool = field(default_factory=UpstreamPool)
     breakers: BreakerBook = field(default_factory=BreakerBook)
+    upstream_stats: UpstreamStatsBook = field(default_factory=UpstreamStatsBook)  # /health
     latency: LatencyBook = field(default_factory=LatencyBook)
     round_robin: RoundRobinBook = field(default_factory=RoundRobinBook)
     tokens: dict[str, TokenSource] = field(default_factory=dict)
@@ -95,6 +105,7 @@ class GatewayState:
     limiter: Limiter | None = None  # limit counters (by policy state id), None: no policies
     clock: Callable[[], float] = time.time  # NOTE: wall clock for limit windows; tests inject
     limit_refusals: int = 0
+    limit_refusals_by_policy: dict[str, int] = field(default_factory=dict)
     limit_backend_errors: int = 0
     cache: ResponseCache | None = None  # response cache entries (by policy state id)
     cache_stats: CacheStats = field(default_factory=CacheStats)
@@ -112,33 +123,52 @@ class Outcome:
     cache: str | None = None  # hit | miss | bypass; None: no cache policy applied
 
 
-async def run_pipeline(state: GatewayState, snap: Snapshot, ctx: RequestContext) -> Outcome:
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """Where a request goes, decided before limits and upstreams: the route (None when none
+    matched), its action, the model name asked for and the model that name resolves to."""
+
+    route: CompiledRoute | None
+    action: CompiledAction
+    requested: str
+    model: CompiledModel
+
+
+def route_request(snap: Snapshot, ctx: RequestContext) -> Routed:
+    """Authenticate (unless the app did), match a route, apply its rejection, resolve the model,
+    check the key may use it, then edit the body (params, request transforms); raises the
+    `GatewayError` the client gets. `interlock explain` and `interlock test` run this too."""
     table = snap.table
     if snap.keyring is not None and ctx.api_key is None:
         ctx.api_key = snap.keyring.authenticate(ctx.headers)
     route = match_route(table, ctx)
-    trace = ctx.trace
-    if trace is not None:
-        trace.route = route.name if route is not None else None
+    ctx.route_name = route.name if route is not None else None
     action = route.action if route is not None else NO_ACTION
+    if ctx.exchange is not None and action.log_bodies is not None:
+        ctx.exchange.bodies = action.log_bodies  # NOTE: the route's override of the default
     if action.reject is not None:
         raise GatewayError(action.reject.status, action.reject.message, code="rejected")
     requested = action.model or ctx.model or action.default_model
     if requested is None:
         raise GatewayError(400, "you must provide a model parameter", param="model")
-    if trace is not None:
-        trace.requested = requested
+    ctx.requested = requested
     model = table.resolve_model(requested)
     if model is None:
         raise GatewayError(
             404, f"the model '{requested}' does not exist", code="model_not_found", param="model"
         )
     check_model_allowed(ctx.api_key, model.name)
-    if trace is not None:
-        trace.model = model
+    if ctx.trace is not None:
+        ctx.trace.model = model
     _edit_request(ctx, action)
-    admission = await _admit(state, table, route, ctx, model)
-    outcome = await _serve(state, snap, ctx, route, action, requested, model)
+    return Routed(route, action, requested, model)
+
+
+async def run_pipeline(state: GatewayState, snap: Snapshot, ctx: RequestContext) -> Outcome:
+    routed = route_request(snap, ctx)
+    route, model = routed.route, routed.model
+    admission = await _admit(state, snap.table, route, ctx, model)
+    outcome = await _serve(state, snap, ctx, route, routed.action, routed.requested, model)
     if admission is not None:
         outcome.headers = [
             (n, v) for n, v in outcome.headers if not n.startswith(_DEFAULT_RESPONSE_PREFIXES)
@@ -170,6 +200,9 @@ async def _admit(
     except GatewayError as exc:
         if exc.status == 429:
             state.limit_refusals += 1
+            if isinstance(exc, LimitRefusal):
+                by_policy = state.limit_refusals_by_policy
+                by_policy[exc.policy] = by_policy.get(exc.policy, 0) + 1
         else:
             state.limit_backend_errors += 1
         raise
@@ -264,6 +297,7 @@ class _Call:
         self.requested = requested
         self.response_steps = tuple(s for t in action.transforms for s in t.response)
         self.dropped: tuple[str, ...] = ()  # what drop_unsupported removed for the current target
+        self.base64_embeddings = False  # a translated embeddings answer is owed base64 vectors
 
     async def run(self, model: CompiledModel) -> Outcome:
         failure: UpstreamFailure | None = None
@@ -313,17 +347,17 @@ class _Call:
                     f"upstream '{upstream.upstream.name}' is failing; its circuit breaker is open",
                 )
             started = time.monotonic()
-            trace = self.ctx.trace
-            if trace is not None:
-                trace.attempts += 1
-                trace.upstream = upstream.upstream.name
-                trace.upstream_model = model_name
+            self.ctx.attempts += 1
+            self.ctx.upstream, self.ctx.upstream_model = upstream.upstream.name, model_name
             try:
                 outcome = await self._send(upstream, target, model_name)
             except UpstreamFailure as exc:
                 last = exc
                 if breaker is not None:
                     breaker.record(None if exc.failure in _BREAKER_NEUTRAL else exc.failure)
+                if exc.failure in BREAKER_FAILURES:
+                    stats = self.state.upstream_stats.get(target.upstream.state_id)
+                    stats.failure(exc.failure, exc.message, time.time())
                 if attempt >= policy.attempts or not should_retry(policy, exc.failure, exc.status):
                     raise
                 delay = next_delay(
@@ -333,13 +367,18 @@ class _Call:
                     raise
                 await asyncio.sleep(delay)
                 continue
-            except BaseException:
+            except BaseException as exc:
                 if breaker is not None:
                     breaker.release()
+                if isinstance(exc, GatewayError) and exc.code == "upstream_auth_failed":
+                    stats = self.state.upstream_stats.get(target.upstream.state_id)
+                    stats.failure("auth_failed", exc.message, time.time())
                 raise
             if breaker is not None:
                 breaker.record_success()
-            self.state.latency.observe(target.state_id, time.monotonic() - started)
+            elapsed = time.monotonic() - started
+            self.state.latency.observe(target.state_id, elapsed)
+            self.state.upstream_stats.get(target.upstream.state_id).success(elapsed, time.time())
             return outcome
 
     async def _send(
@@ -352,6 +391,8 @@ class _Call:
         if upstream.mock is not None:
             body = dict(ctx.body())
             body.update(target.params)
+            if ctx.exchange is not None:
+                ctx.exchange.sent_upstream((), body)
             reply = await upstream.mock.call(
                 ctx.api,
                 body,
@@ -362,14 +403,19 @@ class _Call:
             return await self._finish(upstream, None, reply, model_name)
         bridge = bridge_for(ctx.api, upstream.family, upstream.upstream.kind)
         if bridge is None:  # count_tokens on an upstream that cannot count: estimate
-            chars = count_request_chars(ctx.body())
-            estimate = _encode({"input_tokens": estimate_tokens(chars)})
+            try:
+                tokens = estimate_input_tokens(ctx.body())
+            except TranslationError as exc:
+                raise GatewayError(400, exc.message, param=exc.param) from None
+            estimate = _encode({"input_tokens": tokens})
             return self._outcome(
                 200, [("content-type", "application/json")], estimate, upstream, model_name
             )
         payload = self._payload(bridge, target, model_name)
         headers = await self._headers(upstream, bridge)
         path = _upstream_path(bridge, upstream.family, ctx.query)
+        if ctx.exchange is not None:
+            ctx.exchange.sent_upstream(headers, payload)
         reply = await self.state.pool.send(
             target.upstream, path, headers, payload, stream=ctx.stream
         )
@@ -425,6 +471,8 @@ class _Call:
                 "include_usage": True,
             }
         if bridge.request is not None:
+            # NOTE: Ollama and GigaChat answer floats; a client's base64 is encoded on the way back
+            self.base64_embeddings = body.get("encoding_format") == "base64"
             try:
                 if self.action.drop_unsupported:
                     body, self.dropped = translate_dropping(bridge.request, body)
@@ -466,8 +514,9 @@ class _Call:
             try:
                 token = await self._token(upstream).token()
             except OAuthError as exc:
+                message = self.snap.redactor.text(str(exc))  # NOTE: may quote the token endpoint
                 raise UpstreamFailure(
-                    "connect", f"upstream '{upstream.upstream.name}': {exc}"
+                    "connect", f"upstream '{upstream.upstream.name}': {message}"
                 ) from None
             headers = [(n, v) for n, v in headers if n != "authorization"]
             headers.append(("authorization", f"Bearer {token}"))
@@ -483,7 +532,7 @@ class _Call:
         if source is None:
             oauth = upstream.upstream.oauth
             assert oauth is not None and upstream.oauth_credentials is not None
-            _, client = self.state.pool.client_for(upstream.upstream)
+            client = self.state.pool.oauth_client(upstream.upstream)
             source = self.state.tokens[key] = TokenSource(
                 oauth.token_url,
                 upstream.oauth_credentials,
@@ -491,6 +540,8 @@ class _Call:
                 client,
                 refresh_margin_s=oauth.refresh_margin_s,
             )
+        # SECURITY: the tokens it fetches are secrets the snapshot's redactor must know
+        source.follow(self.snap.redactor.learn)
         return source
 
     async def _finish(
@@ -514,6 +565,8 @@ class _Call:
                 data = _decode_object(body)
                 if bridge is not None and bridge.response is not None:
                     data = bridge.response(data)
+                    if self.base64_embeddings and ctx.api == "openai.embeddings":
+                        data = embeddings_as_base64(data)
                 if self.response_steps:
                     apply_response_steps(self.response_steps, data, ctx.api)
                 if meter is not None:
@@ -545,11 +598,11 @@ class _Call:
                 f"upstream '{name}' answered HTTP {reply.status}",
                 status=reply.status,
                 headers=reply.headers,
-                body=reply.body,
+                body=self.snap.redactor.bytes(reply.body) if reply.body else b"",
             )
         bridge = bridge or bridge_for(self.ctx.api, "openai") or None
         assert bridge is not None
-        body = bridge.error_body(self.ctx.api, reply.status, reply.body)
+        body = bridge.error_body(self.ctx.api, reply.status, reply.body, self.snap.redactor)
         headers = [("content-type", "application/json")]
         return self._outcome(reply.status, headers, body, upstream, None)
 
@@ -577,6 +630,7 @@ class _Call:
                 api=ctx.api,
                 trace=ctx.trace,
                 request=ctx.body() if ctx.body_decoded else None,
+                redactor=self.snap.redactor,
             )
         else:  # the mock answers in the client's protocol already
             terminator = b"message_stop" if is_anthropic(ctx.api) else b"[DONE]"
@@ -589,7 +643,9 @@ class _Call:
             ("cache-control", "no-cache"),
         ]
         outcome = self._outcome(200, headers, b"", upstream, model_name)
-        outcome.stream = _relay_stream(first, chunks, relay, reply.aclose, ctx)
+        outcome.stream = _relay_stream(
+            first, chunks, relay, reply.aclose, ctx, self.snap.redactor
+        )
         return outcome
 
     def _response_headers(
@@ -653,6 +709,7 @@ async def _relay_stream(
     relay: Relay | None,
     aclose: Callable[[], Awaitable[None]],
     ctx: RequestContext,
+    redactor: Redactor,
 ) -> AsyncIterator[bytes]:
     """Client stream bytes; a failure after the first byte becomes an in-stream error event."""
     api = ctx.api
@@ -666,6 +723,8 @@ async def _relay_stream(
                 yield out
         if relay is not None:
             tail = relay.finish()
+            if getattr(relay, "failed", False):  # NOTE: its error event went to the client
+                ctx.stream_error = "upstream_stream_error"
             if tail:
                 yield tail
     except Exception as exc:  # NOTE: anything after the first byte must reach the client
@@ -674,15 +733,14 @@ async def _relay_stream(
         elif isinstance(exc, GatewayError):
             error = exc
         else:
-            _LOG.exception("stream relay failed")
+            _LOG.error("stream relay failed: %s", redactor.exception(exc))
             error = GatewayError(
                 502,
                 "the upstream stream could not be relayed",
                 code="upstream_error",
                 failure="bad_response",
             )
-        if ctx.trace is not None:
-            ctx.trace.error = error.failure or error.code or "stream_error"
+        ctx.stream_error = error.failure or error.code or "stream_error"
         prefix = b"" if getattr(relay, "at_boundary", True) else b"\n\n"
         yield prefix + stream_error_event(api, error, getattr(relay, "sequence", 0))
     finally:
@@ -723,4 +781,5 @@ def _final_error(failure: UpstreamFailure | None, api: str = "openai.chat") -> G
         return GatewayError(
             429, failure.message, code="upstream_rate_limited", headers=retry_after, failure=kind
         )
-    return GatewayError(502, failure.message, code="upstream_error", headers=no_retry, failure=kind)
+    code = failure.code or "upstream_error"
+    return GatewayError(502, failure.message, code=code, headers=no_retry, failure=kind)

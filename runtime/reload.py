@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import sys
@@ -25,16 +26,17 @@ from typing import Any
 
 from compiler import CompileResult, compile_config, compile_texts
 from compiler.diagnostics import Diagnostic, render_text
-from compiler.dump import to_plain
+from compiler.diff import diff_tables as semantic_diff
 from compiler.loader import CONFIG_SUFFIXES
 from compiler.table import RouteTable
 from runtime.app import Gateway
-from runtime.snapshot import Snapshot, SnapshotError, prepare_snapshot
+from runtime.snapshot import Snapshot, SnapshotError, locate_snapshot_error, prepare_snapshot
 
 log = logging.getLogger("interlock.reload")
 
 DEBOUNCE_STEP_MS = 50  # quiet time after the last change before reloading
 DEBOUNCE_MAX_MS = 500  # upper bound on grouping a burst of changes
+OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})  # transient: says nothing about the config
 POLL_INTERVAL_S = 1.0  # safety net: changes made before the watch was armed, or on filesystems
 # without inotify (some network and container mounts), are found by comparing bytes
 
@@ -71,10 +73,15 @@ def config_files(path: Path) -> list[Path]:
 
 def read_sources(path: Path) -> list[tuple[str, str]] | None:
     """The config files' names and texts, read the way the compiler reads them; None when they
-    cannot be read (the compiler then says why)."""
+    cannot be read (the compiler then says why). Raises OSError when the process is out of file
+    handles (EMFILE/ENFILE): that is no verdict on the config, and the caller waits it out."""
     try:
         return [(str(file), file.read_text(encoding="utf-8")) for file in config_files(path)]
-    except (OSError, UnicodeDecodeError):
+    except OSError as exc:
+        if exc.errno in OUT_OF_FILES:
+            raise
+        return None
+    except UnicodeDecodeError:
         return None
 
 
@@ -95,36 +102,9 @@ def source_digest(path: Path) -> str | None:
 
 
 def diff_tables(old: RouteTable, new: RouteTable) -> dict[str, dict[str, list[str]]]:
-    """What a reload changes, by section: ``{"routes": {"added": [...], "removed": [...],
-    "changed": [...]}, ...}`` (sections without changes are left out)."""
-    sections: dict[str, tuple[Mapping[str, Any], Mapping[str, Any]]] = {
-        "routes": ({r.name: r for r in old.routes}, {r.name: r for r in new.routes}),
-        "models": (old.models, new.models),
-        "upstreams": (old.upstreams, new.upstreams),
-        "header_policies": (old.header_policies, new.header_policies),
-        "transforms": (old.transforms, new.transforms),
-    }
-    out: dict[str, dict[str, list[str]]] = {}
-    for section, (before, after) in sections.items():
-        added = sorted(set(after) - set(before))
-        removed = sorted(set(before) - set(after))
-        changed = sorted(
-            name
-            for name in set(before) & set(after)
-            if to_plain(before[name]) != to_plain(after[name])
-        )
-        if (
-            section == "routes"
-            and not (added or removed or changed)
-            and [r.name for r in old.routes] != [r.name for r in new.routes]
-        ):
-            changed = ["(order)"]
-        entry = {
-            k: v for k, v in (("added", added), ("removed", removed), ("changed", changed)) if v
-        }
-        if entry:
-            out[section] = entry
-    return out
+    """What a reload changes, by section (`compiler.diff`): ``{"keys": {"removed": [...]},
+    "routes": {"changed": [...]}, ...}``; names and key ids only, never a value."""
+    return semantic_diff(old, new).summary()
 
 
 class Reloader:
@@ -149,6 +129,7 @@ class Reloader:
         self.last: ReloadResult | None = None
         self.on_result = on_result
         self._lock = asyncio.Lock()
+        self._deferred = False  # out of file handles; said once until the config reads again
         if loaded is not None and loaded.sources:
             # NOTE: the digest of the bytes that were compiled, not of a later read: a save that
             # lands between the startup compile and here must still be loaded
@@ -158,7 +139,11 @@ class Reloader:
     async def reload(self, trigger: str) -> ReloadResult:
         """Re-read the config; swap in the new table if it changed and compiles."""
         async with self._lock:  # NOTE: one reload at a time; a burst collapses into the next
-            digest = source_digest(self.path)
+            try:
+                digest = source_digest(self.path)
+            except OSError as exc:
+                return self._defer(trigger, exc)
+            self._deferred = False
             if digest is not None and digest == self.digest:
                 return self._finish(
                     ReloadResult(
@@ -174,7 +159,11 @@ class Reloader:
             # NOTE: the digest kept is that of the bytes compiled, which may be newer than the
             # ones just hashed (a save in progress): keeping the older one reloads the same bytes
             # twice, keeping a newer one would skip bytes that were never compiled
-            digest, result, snapshot, error = await asyncio.to_thread(self._build)
+            try:
+                digest, result, snapshot, error = await asyncio.to_thread(self._build)
+            except OSError as exc:
+                self.attempts -= 1  # NOTE: not an attempt: the config could not be read
+                return self._defer(trigger, exc)
             if snapshot is not None and error is None:
                 try:  # NOTE: a new auth.store opened and loaded; git key ids checked against it
                     await self.gateway.keys.prepare(snapshot)
@@ -224,8 +213,25 @@ class Reloader:
             return digest, result, None, None
         try:
             return digest, result, prepare_snapshot(result.table), None
-        except SnapshotError as exc:
-            return digest, result, None, str(exc)
+        except SnapshotError as exc:  # NOTE: located where the config names the file, if one
+            return digest, locate_snapshot_error(result, exc), None, str(exc)
+
+    def _defer(self, trigger: str, exc: OSError) -> ReloadResult:
+        """Out of file handles: keep the live table, count nothing, say so once per episode
+        (the next poll after handles free up reads the config again)."""
+        if exc.errno not in OUT_OF_FILES:
+            raise exc
+        version = self.gateway.snapshot.table.short_version
+        message = (
+            f"cannot read the config now: {exc.strerror} ({errno.errorcode.get(exc.errno, '')});"
+            f" still serving version {version}, retrying on the next change or poll"
+        )
+        if not self._deferred:
+            self._deferred = True
+            sys.stderr.write(f"interlock: reload ({trigger}) deferred: {message}\n")
+        return ReloadResult(
+            trigger, False, time.time(), version=self.gateway.snapshot.table.version, error=message
+        )
 
     def _finish(self, result: ReloadResult, *, count: bool = True) -> ReloadResult:
         if count or self.last is None:
@@ -251,6 +257,9 @@ class Reloader:
                 ignore_permission_denied=True,
             ):
                 await self.safe_reload("watch")
+        except OSError as exc:  # NOTE: e.g. EMFILE: no inotify instance; the poll still works
+            sys.stderr.write(f"interlock: not watching {directory} ({exc}); polling instead\n")
+            await poller
         finally:
             poller.cancel()
 
@@ -258,8 +267,14 @@ class Reloader:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLL_INTERVAL_S)
-            if not stop.is_set() and source_digest(self.path) != self.digest:
+            if not stop.is_set() and self._changed():
                 await self.safe_reload("poll")
+
+    def _changed(self) -> bool:
+        try:
+            return source_digest(self.path) != self.digest
+        except OSError:  # NOTE: out of file handles: `reload` says so and keeps the table
+            return True
 
     async def safe_reload(self, trigger: str) -> None:
         """`reload`, logging instead of raising: for triggers nobody awaits (signals, watch)."""

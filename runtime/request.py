@@ -12,7 +12,7 @@ whole JSON lazily, once. A body nobody changed is forwarded as the original byte
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -21,6 +21,9 @@ from compiler.table import ApiKey
 from runtime.errors import GatewayError
 from runtime.heads import DECODERS, Head, check_head
 from runtime.metering import Trace
+
+if TYPE_CHECKING:
+    from runtime.exchange import Exchange
 
 _decode_any = msgspec.json.Decoder().decode
 
@@ -33,13 +36,20 @@ class RequestContext:
         "_texts",
         "api",
         "api_key",
+        "attempts",
         "client_ip",
+        "exchange",
         "head",
         "headers",
         "query",
         "raw",
         "request_id",
+        "requested",
+        "route_name",
+        "stream_error",
         "trace",
+        "upstream",
+        "upstream_model",
     )
 
     def __init__(
@@ -54,6 +64,14 @@ class RequestContext:
         self.client_ip: str | None = None
         self.trace: Trace | None = None  # set when the request is metered (the ledger is on)
         self.query = b""  # the client's query string (the Anthropic SDK's beta client: beta=true)
+        # NOTE: who served it, as the pipeline learns it; the access line and the ledger read it
+        self.route_name: str | None = None
+        self.requested: str | None = None  # the model name asked for (after the route's action)
+        self.upstream: str | None = None  # the last upstream tried
+        self.upstream_model: str | None = None
+        self.attempts = 0  # upstream calls made (retries and fallbacks included)
+        self.stream_error: str | None = None  # a failure after the response started
+        self.exchange: Exchange | None = None  # headers and bodies to log, when any are logged
         self._body: dict[str, Any] | None = None
         self._texts: dict[str, str] | None = None
 

@@ -57,6 +57,8 @@ __all__ = [
     "BreakerState",
     "CircuitBreaker",
     "Clock",
+    "UpstreamStats",
+    "UpstreamStatsBook",
     "backoff_delay",
     "classify_exception",
     "classify_status",
@@ -289,6 +291,13 @@ class CircuitBreaker:
     def consecutive_failures(self) -> int:
         return self._failures
 
+    @property
+    def reopens_in_s(self) -> float | None:
+        """Seconds until an open breaker turns half-open; None unless it is open."""
+        if self.state != "open":
+            return None
+        return max(self.policy.cooldown_s - (self._clock() - self._opened_at), 0.0)
+
     def allow(self) -> bool:
         """Whether an attempt may go to this target now (a True in half-open takes a probe slot)."""
         if self._state == "closed":
@@ -401,3 +410,95 @@ class BreakerBook:
 
     def __len__(self) -> int:
         return len(self._breakers)
+
+
+# --- upstream status ----------------------------------------------------------------------------
+
+
+class UpstreamStats:
+    """What one upstream's recent attempts say about it, for ``/health`` and the metrics.
+
+    ``error_rate`` is an exponentially weighted average of attempt outcomes (1 a failure, 0 a
+    success) with weight `alpha`, so it follows roughly the last ``2 / alpha`` attempts;
+    ``latency_s`` is the same kind of average of successful attempts' latencies (to the response
+    headers). The last failure's class and message are kept as given (redact before showing).
+    PERF: one object per upstream; an attempt costs a few float updates and no allocation.
+
+    Example (alpha 0.5): success in 0.2 s, then a ``timeout`` -> ``error_rate == 0.5``,
+    ``latency_s == 0.2``, ``last_error == ("timeout", message)``.
+    """
+
+    __slots__ = (
+        "alpha",
+        "attempts",
+        "error_rate",
+        "failures",
+        "last_error_at",
+        "last_error_class",
+        "last_error_message",
+        "last_success_at",
+        "latency_s",
+    )
+
+    def __init__(self, alpha: float = 0.1) -> None:
+        self.alpha = alpha
+        self.attempts = 0
+        self.failures = 0
+        self.error_rate = 0.0
+        self.latency_s: float | None = None
+        self.last_success_at: float | None = None  # epoch seconds
+        self.last_error_at: float | None = None
+        self.last_error_class: str | None = None
+        self.last_error_message: str | None = None
+
+    @property
+    def last_failed(self) -> bool:
+        """Whether the most recent attempt failed."""
+        return self.last_error_at is not None and (
+            self.last_success_at is None or self.last_error_at >= self.last_success_at
+        )
+
+    def success(self, seconds: float, now: float) -> None:
+        self.attempts += 1
+        self.error_rate -= self.alpha * self.error_rate
+        if seconds >= 0.0:
+            latency = self.latency_s
+            self.latency_s = (
+                seconds if latency is None else latency + self.alpha * (seconds - latency)
+            )
+        self.last_success_at = now
+
+    def failure(self, failure: str, message: str, now: float) -> None:
+        self.attempts += 1
+        self.failures += 1
+        self.error_rate += self.alpha * (1.0 - self.error_rate)
+        self.last_error_class = failure
+        self.last_error_message = message
+        self.last_error_at = now
+
+
+class UpstreamStatsBook:
+    """`UpstreamStats` by upstream ``state_id``; lives across reloads like `BreakerBook`."""
+
+    __slots__ = ("_alpha", "_stats")
+
+    def __init__(self, alpha: float = 0.1) -> None:
+        self._alpha = alpha
+        self._stats: dict[str, UpstreamStats] = {}
+
+    def get(self, state_id: str) -> UpstreamStats:
+        stats = self._stats.get(state_id)
+        if stats is None:
+            stats = self._stats[state_id] = UpstreamStats(self._alpha)
+        return stats
+
+    def peek(self, state_id: str) -> UpstreamStats | None:
+        return self._stats.get(state_id)
+
+    def prune(self, live_ids: Iterable[str]) -> int:
+        """Forget upstreams not in `live_ids`; returns how many were forgotten."""
+        live = set(live_ids)
+        dead = [state_id for state_id in self._stats if state_id not in live]
+        for state_id in dead:
+            del self._stats[state_id]
+        return len(dead)

@@ -3,8 +3,9 @@
 `serve_async` owns one worker's life: compile (exit 1 with the diagnostics if the config is
 broken or cannot be served), bind, say where it listens and which version it serves, watch the
 config and reload on change or SIGHUP, and on SIGTERM/SIGINT stop accepting, let in-flight
-requests and streams finish for up to `server.drain_timeout_s`, close upstream clients, flush the
-access log and return 0. With ``--workers N`` a supervisor starts N such workers on the same
+requests and streams finish for up to `server.drain_timeout_s`, end the rest with an error in
+their API's shape (`runtime/listener.py`), close upstream clients, flush the access log and
+return 0. With ``--workers N`` a supervisor starts N such workers on the same
 address (SO_REUSEPORT) and forwards SIGHUP/SIGTERM/SIGINT to them.
 """
 
@@ -20,13 +21,16 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
-from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.utils import wrap_app
 
 from compiler import CompileResult, compile_config
 from compiler.diagnostics import render_text
+from runtime.accesslog import configure_server_logging
 from runtime.admin import admin_routes, count_reload
 from runtime.app import Gateway, create_app
+from runtime.listener import Listener
+from runtime.metrics import share_metrics, worker_exited
 from runtime.reload import Reloader
 from runtime.snapshot import SnapshotError, prepare_snapshot
 
@@ -53,14 +57,14 @@ def listen_socket(bind: str) -> socket.socket:
     return sock
 
 
-def hypercorn_config(sockets: Sequence[socket.socket], drain_timeout_s: float) -> HypercornConfig:
+def hypercorn_config() -> HypercornConfig:
+    """Hypercorn's settings for the HTTP protocol; listening, keep-alive and shutdown are ours
+    (`runtime/listener.py`, `runtime/connections.py`)."""
     config = HypercornConfig()
-    config.bind = [f"fd://{sock.detach()}" for sock in sockets]  # NOTE: Hypercorn owns them now
-    config.graceful_timeout = drain_timeout_s
     config.accesslog = None
     config.errorlog = "-"
     config.loglevel = "WARNING"
-    config.keep_alive_timeout = 75
+    config.backlog = 2048
     config.h11_max_incomplete_size = 256 * 1024  # NOTE: our own 431 check answers in API shape
     return config
 
@@ -76,6 +80,7 @@ def serve(config_path: str, *, binds: Sequence[str] | None, workers: int, watch:
 
 
 def run_worker(config_path: str, binds: Sequence[str] | None, watch: bool) -> int:
+    configure_server_logging()  # NOTE: --log-level reaches spawned workers as INTERLOCK_LOG_LEVEL
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
@@ -109,7 +114,6 @@ async def serve_async(config_path: str, *, binds: Sequence[str] | None, watch: b
     except OSError as exc:
         sys.stderr.write(f"interlock: cannot listen on {', '.join(listen)}: {exc}\n")
         return 1
-    config = hypercorn_config(sockets, table.server.drain_timeout_s)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -130,8 +134,16 @@ async def serve_async(config_path: str, *, binds: Sequence[str] | None, watch: b
         + "\n"
     )
     app = create_app(gateway, admin_routes(gateway, reloader))
+    config = hypercorn_config()
+    listener = Listener(
+        wrap_app(cast("ASGIFramework", app), config.wsgi_max_body_size, "asgi"),
+        config,
+        sockets,
+        settings=lambda: gateway.snapshot.table.server,
+        end_requests=gateway.end_requests,
+    )
     try:
-        await hypercorn_serve(cast("ASGIFramework", app), config, shutdown_trigger=stop.wait)
+        await listener.serve(stop)
     finally:
         stop.set()
         if watcher is not None:
@@ -158,6 +170,7 @@ def supervise(config_path: str, *, binds: Sequence[str] | None, workers: int, wa
             " limits.backend {kind: sqlite, path: ...} (one host) or {kind: redis, url: ...}\n"
         )
         return 1
+    done_sharing = share_metrics()  # NOTE: before the spawn: workers read it as they import
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(target=_worker_entry, args=(config_path, binds, watch), daemon=False)
@@ -192,10 +205,13 @@ def supervise(config_path: str, *, binds: Sequence[str] | None, workers: int, wa
     codes = []
     for process in started:
         process.join()
+        if process.pid is not None:
+            worker_exited(process.pid)
         code = process.exitcode or 0
         # NOTE: a worker killed by a signal failed, unless it was our stop arriving before its
         # handler (exit codes are negative signal numbers then)
         codes.append(code if code >= 0 else 0 if stopping and -code == signal.SIGTERM else 1)
+    done_sharing()
     return max(codes, default=0)
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import base64
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
+from compiler import CompileResult, Severity
 from compiler.headers import (
     HeaderPolicy,
     HeaderRules,
@@ -37,7 +39,26 @@ ANTHROPIC_VERSION = "2023-06-01"
 
 
 class SnapshotError(Exception):
-    """A table that compiled but cannot be served here (a secret is missing, a file unreadable)."""
+    """A table that compiled but cannot be served here (a secret is missing, a file unreadable).
+    `file` names the file that could not be used, when one was the cause."""
+
+    def __init__(self, message: str, *, file: str | None = None) -> None:
+        super().__init__(message)
+        self.file = file
+
+
+def locate_snapshot_error(result: CompileResult, error: SnapshotError) -> CompileResult:
+    """`result` with the compiler's ``file.missing`` warnings about `error`'s file raised to
+    errors, so a refusal is reported where the config names the file (file:line:col)."""
+    if error.file is None:
+        return result
+    diagnostics = tuple(
+        replace(d, severity=Severity.ERROR)
+        if d.code == "file.missing" and f"'{error.file}'" in d.message
+        else d
+        for d in result.diagnostics
+    )
+    return replace(result, diagnostics=diagnostics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +106,11 @@ def resolve_secret(ref: SecretRef, what: str) -> str:
     if ref.file is not None:
         try:
             return Path(ref.file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise SnapshotError(f"{what}: cannot read secret file {ref.file}: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise SnapshotError(
+                f"{what}: cannot read secret file '{ref.file}': {reason}", file=ref.file
+            ) from None
     raise SnapshotError(f"{what}: empty secret reference")
 
 
@@ -94,11 +118,14 @@ def _resolve_policy(policy: HeaderPolicy) -> HeaderPolicy:
     def resolve(ref: SecretRef) -> str:
         return resolve_secret(ref, f"header policy '{policy.name}'")
 
-    return replace(
-        policy,
-        request=resolve_header_secrets(policy.request, resolve) if policy.request else None,
-        response=resolve_header_secrets(policy.response, resolve) if policy.response else None,
-    )
+    try:
+        return replace(
+            policy,
+            request=resolve_header_secrets(policy.request, resolve) if policy.request else None,
+            response=resolve_header_secrets(policy.response, resolve) if policy.response else None,
+        )
+    except ValueError as exc:  # NOTE: a secret value that cannot be a header value
+        raise SnapshotError(f"header policy '{policy.name}': {exc}") from None
 
 
 def _auth_headers(upstream: CompiledUpstream) -> tuple[tuple[str, str], ...]:
@@ -125,6 +152,7 @@ def prepare_snapshot(table: RouteTable) -> Snapshot:
     policies = {name: _resolve_policy(p) for name, p in table.header_policies.items()}
     upstreams = {}
     for name, upstream in table.upstreams.items():
+        check_tls_files(upstream)
         upstreams[name] = PreparedUpstream(
             upstream=upstream,
             family=FAMILIES[upstream.kind],
@@ -150,6 +178,60 @@ def prepare_snapshot(table: RouteTable) -> Snapshot:
         key_store_target=key_store_target(table),
         redactor=build_redactor(table, resolve_secret),
     )
+
+
+_TLS_FILES = (
+    ("ca_bundle", "CA bundle"),
+    ("client_cert", "client certificate"),
+    ("client_key", "client key"),
+)
+
+
+def check_tls_files(upstream: CompiledUpstream) -> None:
+    """Raise SnapshotError naming the file when an upstream's TLS file cannot be read or is not
+    PEM the TLS library accepts, so that a table naming one is refused (not served with a pool
+    that fails on its first connection)."""
+    tls = upstream.tls
+    what = f"upstream '{upstream.name}'"
+    for key, name in _TLS_FILES:
+        path = getattr(tls, key)
+        if path is None:
+            continue
+        try:
+            Path(path).read_bytes()
+        except OSError as exc:
+            raise SnapshotError(
+                f"{what}: cannot read TLS {name} '{path}' (tls.{key}): {exc.strerror}", file=path
+            ) from None
+    if tls.ca_bundle is None and tls.client_cert is None:
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if tls.ca_bundle is not None:
+        try:
+            context.load_verify_locations(cafile=tls.ca_bundle)
+        except (ssl.SSLError, OSError) as exc:
+            raise SnapshotError(
+                f"{what}: TLS CA bundle '{tls.ca_bundle}' (tls.ca_bundle) holds no usable PEM"
+                f" certificate: {exc}",
+                file=tls.ca_bundle,
+            ) from None
+    if tls.client_cert is not None:
+        try:  # SECURITY: an encrypted key would make OpenSSL prompt on the terminal
+            context.load_cert_chain(tls.client_cert, tls.client_key, password=_no_password)
+        except (ssl.SSLError, OSError, _EncryptedKey) as exc:
+            raise SnapshotError(
+                f"{what}: TLS client certificate '{tls.client_cert}' with key"
+                f" '{tls.client_key}' cannot be used (an unencrypted PEM key is needed): {exc}",
+                file=tls.client_cert,
+            ) from None
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_password() -> str:
+    raise _EncryptedKey("the key is encrypted")
 
 
 def limits_target(table: RouteTable) -> tuple[str, str] | None:

@@ -25,6 +25,7 @@ __all__ = [
     "SSEEvent",
     "encode_comment",
     "encode_event",
+    "lf_framing",
 ]
 
 OPENAI_DONE = b"data: [DONE]\n\n"
@@ -208,3 +209,12 @@ class NDJSONDecoder:
         rest = bytes(self._buf.strip())
         self._buf = bytearray()
         return [rest] if rest else []
+
+
+def lf_framing(data: bytes) -> bytes:
+    """SSE line ends (``\\r\\n``, ``\\r``) as ``\\n``; a last ``\\r`` may be half of a
+    ``\\r\\n`` split between chunks, so it stays until the next chunk comes."""
+    last_cr = data.endswith(b"\r")
+    body = data[:-1] if last_cr else data
+    body = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return body + b"\r" if last_cr else body

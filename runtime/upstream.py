@@ -1,32 +1,40 @@
 """Calls to upstream servers over HTTP, with per-upstream pools, TLS and timeouts.
 
-`UpstreamPool` owns one httpx client per distinct set of connection settings; tables that keep an
-upstream's settings across a reload keep its pool (and its warm connections). `send` returns a
+`UpstreamPool` owns one aiohttp session per distinct set of connection settings; tables that keep
+an upstream's settings across a reload keep its pool (and its warm connections). `send` returns a
 `Reply` or raises `UpstreamFailure` carrying a failure class (``connect``, ``timeout``,
 ``bad_response``, ...)::
 
     reply = await pool.send(upstream, "/chat/completions", headers, body, stream=False)
     reply.status, reply.body
+
+PERF: proxied requests use aiohttp directly. httpx's request/response models over the same
+aiohttp transport cost ~0.1 ms of CPU per request (bench/README.md, "Upstream client"); httpx
+remains for what is not per request (OAuth token fetches, see `oauth_client`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
+from aiohttp.http_exceptions import HttpProcessingError
+from multidict import CIMultiDict
+from yarl import URL
 
-from compiler.table import CompiledUpstream, Timeouts, TlsSettings
+from compiler.table import CompiledUpstream, TlsSettings
+
+DEFAULT_MAX_BODY = 32 * 1024 * 1024
 
 
 class UpstreamFailure(Exception):
     """An attempt that failed: `failure` is one of `compiler.table.FAILURE_CLASSES`; `timed_out`
-    says a clock ran out (a connect timeout is class ``connect`` yet answers 504)."""
+    says a clock ran out (a connect timeout is class ``connect`` yet answers 504); `code` is the
+    error code the client sees instead of the default for the class."""
 
     def __init__(
         self,
@@ -37,6 +45,7 @@ class UpstreamFailure(Exception):
         headers: Sequence[tuple[str, str]] = (),
         body: bytes = b"",
         timed_out: bool = False,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.failure = failure
@@ -45,6 +54,7 @@ class UpstreamFailure(Exception):
         self.headers = tuple(headers)
         self.body = body
         self.timed_out = timed_out or failure == "timeout"
+        self.code = code
 
 
 async def _nothing() -> None:
@@ -76,92 +86,121 @@ def _ssl_context(tls: TlsSettings) -> ssl.SSLContext | bool:
     return context
 
 
-def make_client(upstream: CompiledUpstream) -> httpx.AsyncClient:
-    """An httpx client over aiohttp's connection pool for one upstream.
+def make_session(upstream: CompiledUpstream) -> aiohttp.ClientSession:
+    """The aiohttp session (connection pool) of one upstream's connection settings.
 
-    PERF: httpx's own transport (httpcore over anyio) measured ~0.83 ms per request at c=1 and
-    ~4 ms of CPU per request at c=32 against a local mock; the aiohttp-backed transport 0.32 ms
-    and 0.32 ms (bench/clients.py). We keep httpx's API and swap the transport.
+    Nothing is added to what the pipeline sends: no default ``User-Agent`` (a header policy
+    decides it), no decompression (bodies pass through as the upstream sent them).
     """
-    timeouts = upstream.timeouts
-    pool = upstream.pool
-    limits = httpx.Limits(
-        max_connections=pool.max_connections,
-        max_keepalive_connections=pool.max_keepalive,
-        keepalive_expiry=pool.keepalive_expiry_s,
+    timeouts, pool = upstream.timeouts, upstream.pool
+    connector = aiohttp.TCPConnector(
+        limit=pool.max_connections,
+        limit_per_host=0,
+        keepalive_timeout=pool.keepalive_expiry_s,
+        ssl=_ssl_context(upstream.tls),
     )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(
+            total=timeouts.total_s, sock_connect=timeouts.connect_s, sock_read=timeouts.read_s
+        ),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
+        trust_env=False,
+        raise_for_status=False,
+    )
+
+
+def make_client(upstream: CompiledUpstream) -> httpx.AsyncClient:
+    """An httpx client with the upstream's TLS settings, for requests off the hot path (OAuth)."""
+    timeouts = upstream.timeouts
     return httpx.AsyncClient(
-        base_url=upstream.base_url,
         timeout=httpx.Timeout(
-            connect=timeouts.connect_s, read=timeouts.read_s, write=timeouts.read_s, pool=None
+            connect=timeouts.connect_s, read=timeouts.read_s, write=None, pool=None
         ),
-        transport=AiohttpTransport(
-            verify=_ssl_context(upstream.tls), limits=limits, trust_env=False
-        ),
+        verify=_ssl_context(upstream.tls),
         follow_redirects=False,
         trust_env=False,
     )
 
 
-def _failure(exc: httpx.HTTPError, phase: str, timeouts: Timeouts) -> UpstreamFailure:
-    """The failure class of a transport error. httpx-aiohttp maps every aiohttp connection
-    error (a mid-stream disconnect too) to `httpx.ConnectTimeout`, so the aiohttp error behind
-    it (`__cause__`) decides first."""
-    cause = exc.__cause__
-    name = type(cause or exc).__name__
-    if isinstance(cause, aiohttp.ConnectionTimeoutError) or (
-        cause is None and isinstance(exc, httpx.ConnectTimeout)
-    ):
-        # NOTE: nothing was sent, so this is class `connect` (safe to retry, `fallback.on:
-        # [connect]`), as `runtime.resilience.classify_exception` has it; it still answers 504.
-        message = f"cannot connect to upstream: no connection within {timeouts.connect_s:g} s"
+def classify_failure(exc: BaseException, phase: str, upstream: CompiledUpstream) -> UpstreamFailure:
+    """The one classification of a transport failure. ``connect``: nothing reached the upstream
+    (safe to retry); ``timeout``: a clock ran out after that; ``bad_response``: the reply was not
+    HTTP, was cut off or was malformed. Example: a `BadStatusLine` -> ``bad_response``."""
+    name = type(exc).__name__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        # NOTE: class `connect` (`fallback.on: [connect]`, retried) yet answered 504.
+        message = (
+            f"cannot connect to upstream: no connection within {upstream.timeouts.connect_s:g} s"
+        )
         return UpstreamFailure("connect", message, timed_out=True)
-    if isinstance(cause, aiohttp.ClientConnectorError) or (
-        cause is None and isinstance(exc, httpx.ConnectError)
-    ):
+    if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamFailure("connect", f"cannot connect to upstream: {name}")
-    if isinstance(cause, aiohttp.ServerTimeoutError) or (
-        cause is None and isinstance(exc, httpx.TimeoutException)
-    ):
+    if isinstance(exc, TimeoutError):
         return UpstreamFailure("timeout", f"upstream timed out ({phase}): {name}")
     return UpstreamFailure("bad_response", f"upstream {phase} broke: {name}")
 
 
-class UpstreamPool:
-    """httpx clients by connection settings, shared across table swaps; clients no table uses
-    any more are closed after their last in-flight request."""
+# NOTE: everything a broken network or a broken upstream can raise out of aiohttp.
+TRANSPORT_ERRORS = (aiohttp.ClientError, HttpProcessingError, OSError, TimeoutError, ValueError)
 
-    def __init__(self) -> None:
+
+class UpstreamPool:
+    """aiohttp sessions by connection settings, shared across table swaps; sessions no table
+    uses any more are closed after their last in-flight request."""
+
+    def __init__(self, max_body: int = DEFAULT_MAX_BODY) -> None:
+        self.max_body = max_body
+        self._sessions: dict[tuple[object, ...], aiohttp.ClientSession] = {}
         self._clients: dict[tuple[object, ...], httpx.AsyncClient] = {}
+        self._urls: dict[tuple[str, str], URL] = {}
         self._in_flight: dict[tuple[object, ...], int] = {}
         self._retired: set[tuple[object, ...]] = set()
         self._wanted: set[tuple[object, ...]] = set()
+        self._closing: set[asyncio.Task[None]] = set()
 
-    def prepare(self, upstreams: Sequence[CompiledUpstream]) -> None:
-        """Make sure every HTTP upstream has a client; retire clients none of them needs."""
+    def prepare(self, upstreams: Sequence[CompiledUpstream], max_body: int | None = None) -> None:
+        """Keep the sessions these upstreams use (each made on first use, inside the event loop);
+        retire those none of them needs."""
+        if max_body is not None:
+            self.max_body = max_body
         wanted = {connection_key(u): u for u in upstreams if u.kind != "mock"}
         self._wanted = set(wanted)
-        for key, upstream in wanted.items():
-            if key not in self._clients:
-                self._clients[key] = make_client(upstream)
+        self._urls.clear()
+        for key in wanted:
             self._retired.discard(key)
-        for key in list(self._clients):
+        for key in list(self._sessions):
             if key not in wanted:
                 self._retired.add(key)
         self._close_idle_retired()
 
-    def client_for(
+    def session_for(
         self, upstream: CompiledUpstream
-    ) -> tuple[tuple[object, ...], httpx.AsyncClient]:
+    ) -> tuple[tuple[object, ...], aiohttp.ClientSession]:
+        key = connection_key(upstream)
+        session = self._sessions.get(key)
+        if session is None:
+            # NOTE: first use; or a request still running on an older table whose session was
+            # already closed: give it one, retired at once so it closes after that request.
+            session = self._sessions[key] = make_session(upstream)
+            if key not in self._wanted:
+                self._retired.add(key)
+        return key, session
+
+    def oauth_client(self, upstream: CompiledUpstream) -> httpx.AsyncClient:
+        """An httpx client with `upstream`'s TLS settings, for token fetches."""
         key = connection_key(upstream)
         client = self._clients.get(key)
         if client is None:
-            # NOTE: a request still running on an older table whose client was already closed:
-            # give it a client, retired at once so it closes after that request.
             client = self._clients[key] = make_client(upstream)
-            if key not in self._wanted:
-                self._retired.add(key)
-        return key, client
+        return client
+
+    def _url(self, upstream: CompiledUpstream, path: str) -> URL:
+        url = self._urls.get((upstream.base_url, path))
+        if url is None:
+            url = self._urls[upstream.base_url, path] = URL(upstream.base_url.rstrip("/") + path)
+        return url
 
     async def send(
         self,
@@ -172,7 +211,7 @@ class UpstreamPool:
         *,
         stream: bool,
     ) -> Reply:
-        key, client = self.client_for(upstream)
+        key, session = self.session_for(upstream)
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
         released = False
 
@@ -184,7 +223,9 @@ class UpstreamPool:
                 self._close_idle_retired()
 
         try:
-            reply = await _send(client, upstream.timeouts, path, headers, body, stream)
+            reply = await self._send(
+                session, upstream, self._url(upstream, path), headers, body, stream
+            )
         except BaseException:
             release()
             raise
@@ -202,78 +243,123 @@ class UpstreamPool:
         reply.aclose = aclose
         return reply
 
+    async def _send(
+        self,
+        session: aiohttp.ClientSession,
+        upstream: CompiledUpstream,
+        url: URL,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        stream: bool,
+    ) -> Reply:
+        timeouts = upstream.timeouts
+        try:
+            async with asyncio.timeout(min(timeouts.first_byte_s, timeouts.total_s)):
+                response = await session.post(url, data=body, headers=CIMultiDict(headers))
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise classify_failure(exc, "request", upstream) from None
+        except TimeoutError:
+            raise UpstreamFailure(
+                "timeout", "upstream did not answer in time (first byte)"
+            ) from None
+        except TRANSPORT_ERRORS as exc:
+            raise classify_failure(exc, "request", upstream) from None
+        response_headers = [
+            (k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers
+        ]
+        if stream and response.status < 300:
+            return Reply(
+                response.status,
+                response_headers,
+                chunks=_chunks(response, upstream, self.max_body),
+                aclose=_closer(response),
+            )
+        try:
+            data = await _read_bounded(response, self.max_body)
+        except UpstreamFailure:
+            response.close()
+            raise
+        except TRANSPORT_ERRORS as exc:
+            response.close()
+            raise classify_failure(exc, "body", upstream) from None
+        response.release()
+        return Reply(response.status, response_headers, body=data)
+
     def _close_idle_retired(self) -> None:
         for key in list(self._retired):
             if self._in_flight.get(key, 0) == 0:
-                client = self._clients.pop(key)
+                session = self._sessions.pop(key)
                 self._retired.discard(key)
                 self._in_flight.pop(key, None)
-                asyncio.get_running_loop().create_task(client.aclose())
+                client = self._clients.pop(key, None)
+                task = asyncio.get_running_loop().create_task(_close(session, client))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
     async def aclose(self) -> None:
-        clients = list(self._clients.values())
+        sessions, clients = list(self._sessions.values()), list(self._clients.values())
+        self._sessions.clear()
         self._clients.clear()
         self._retired.clear()
+        for session in sessions:
+            await session.close()
         for client in clients:
             await client.aclose()
 
 
-async def _send(
-    client: httpx.AsyncClient,
-    timeouts: Timeouts,
-    path: str,
-    headers: Sequence[tuple[str, str]],
-    body: bytes,
-    stream: bool,
-) -> Reply:
-    request = client.build_request("POST", path, headers=list(headers), content=body)
-    started = time.monotonic()
-    try:
-        async with asyncio.timeout(min(timeouts.first_byte_s, timeouts.total_s)):
-            response = await client.send(request, stream=True)
-    except TimeoutError:
-        raise UpstreamFailure("timeout", "upstream did not answer in time (first byte)") from None
-    except httpx.HTTPError as exc:
-        raise _failure(exc, "request", timeouts) from None
-    response_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw]
-    if stream and response.status_code < 300:
-        deadline = started + timeouts.total_s
-        return Reply(
-            response.status_code,
-            response_headers,
-            chunks=_chunks(response, deadline, timeouts),
-            aclose=response.aclose,
-        )
-    try:
-        remaining = max(timeouts.total_s - (time.monotonic() - started), 0.001)
-        async with asyncio.timeout(remaining):
-            data = await response.aread()
-    except TimeoutError:
-        raise UpstreamFailure("timeout", "upstream response body timed out") from None
-    except httpx.HTTPError as exc:
-        raise _failure(exc, "body", timeouts) from None
-    finally:
-        await response.aclose()
-    return Reply(response.status_code, response_headers, body=data)
+async def _close(session: aiohttp.ClientSession, client: httpx.AsyncClient | None) -> None:
+    await session.close()
+    if client is not None:
+        await client.aclose()
+
+
+def _too_large(limit: int) -> UpstreamFailure:
+    return UpstreamFailure(
+        "bad_response",
+        f"upstream reply is larger than {limit} bytes (server.max_upstream_body_bytes)",
+        code="response_too_large",
+    )
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or `_too_large` once more than `limit` bytes have come."""
+    length = response.content_length
+    if length is not None:
+        if length > limit:
+            raise _too_large(limit)
+        return await response.read()
+    parts, size = [], 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _closer(response: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
+    async def aclose() -> None:
+        # NOTE: a fully read body returns the connection to the pool; a cut one closes it.
+        if response.content.at_eof():
+            response.release()
+        else:
+            response.close()
+
+    return aclose
 
 
 async def _chunks(
-    response: httpx.Response, deadline: float, timeouts: Timeouts
+    response: aiohttp.ClientResponse, upstream: CompiledUpstream, limit: int
 ) -> AsyncIterator[bytes]:
-    """The raw body of a streamed response; raises `UpstreamFailure` when it breaks off or
-    outlives the total timeout. NOTE: the timeout wraps each read, never a `yield`."""
-    chunks = response.aiter_raw().__aiter__()
+    """The raw body of a streamed response, chunk by chunk as it arrives; raises
+    `UpstreamFailure` when it breaks off, stalls past ``read_s`` or outlives ``total_s`` (the
+    session's timeouts, enforced by aiohttp on each read)."""
+    content = response.content
     while True:
-        remaining = deadline - time.monotonic()
         try:
-            if remaining <= 0:
-                raise TimeoutError
-            async with asyncio.timeout(remaining):
-                chunk = await chunks.__anext__()
-        except StopAsyncIteration:
+            chunk = await content.readany()
+        except TRANSPORT_ERRORS as exc:
+            raise classify_failure(exc, "stream", upstream) from None
+        if not chunk:
             return
-        except TimeoutError:
-            raise UpstreamFailure("timeout", "upstream stream timed out") from None
-        except httpx.HTTPError as exc:
-            raise _failure(exc, "stream", timeouts) from None
         yield chunk

@@ -50,6 +50,7 @@ class Interlock:
         *,
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
     ) -> None:
         self.config = config
         self.port = free_port()
@@ -59,6 +60,7 @@ class Interlock:
         environ = {**os.environ, UPSTREAM_KEY_ENV: "sk-test", **(env or {})}
         self.proc = subprocess.Popen(
             [
+                *prefix,  # e.g. ("prlimit", "--nofile=256"), which execs the server in place
                 sys.executable,
                 "-m",
                 "runtime.cli",

@@ -103,7 +103,7 @@ AUTH = {
 def gw(upstream: MockUpstream) -> Iterator[ServedGateway]:
     # NOTE: serve with production's h11 header limit (runtime/server.py) so that Interlock's own
     # 431 is reachable; the test helper's Hypercorn would otherwise keep its 16 KiB default.
-    limit = hypercorn_config([], 1.0).h11_max_incomplete_size
+    limit = hypercorn_config().h11_max_incomplete_size
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(HypercornConfig, "h11_max_incomplete_size", limit)
         with ServedGateway(_config(upstream)) as gateway:

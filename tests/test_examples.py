@@ -32,7 +32,10 @@ from compiler.transforms import apply_request_steps, apply_response_steps
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 GOLDEN = ROOT / "tests" / "golden"
-EXAMPLE_NAMES = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
+# NOTE: <name>.tests.yaml beside an example holds its route tests (tests/test_route_tests.py)
+EXAMPLE_NAMES = sorted(
+    p.name for p in EXAMPLES.glob("*.yaml") if not p.name.endswith(".tests.yaml")
+)
 UPDATE_GOLDEN = os.environ.get("INTERLOCK_UPDATE_GOLDEN") == "1"
 
 # The line in an example's header comment that documents its warnings, e.g.

@@ -507,8 +507,11 @@ def test_sigint_with_a_stream_longer_than_the_grace_period_exits_after_it(
     assert code == 0, server.log
     assert 0.9 < took < 1 + 2.5, took  # the grace period, and not much more
     assert "[DONE]" not in stream.events and len(stream.events) < 50  # cut at the deadline
+    assert not stream.error, stream  # ended properly, with an error event (tests/test_shutdown.py)
+    assert json.loads(stream.events[-1])["error"]["code"] == "shutting_down"
     assert upstream.wait_cancelled(1, timeout=5)  # the upstream connection was closed
     assert server.log.rstrip().endswith("interlock: stopped")
+    assert "Traceback" not in server.log
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 
@@ -527,8 +528,8 @@ def test_swap_keeps_unchanged_pools_and_breakers(
         transport = httpx.ASGITransport(app=create_app(gateway))
         pool = gateway.state.pool
 
-        def client_of(name: str) -> httpx.AsyncClient:
-            return pool.client_for(gateway.snapshot.table.upstreams[name])[1]
+        def client_of(name: str) -> aiohttp.ClientSession:
+            return pool.session_for(gateway.snapshot.table.upstreams[name])[1]
 
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
 
@@ -554,7 +555,7 @@ def test_swap_keeps_unchanged_pools_and_breakers(
             assert client_of("change") is not changed_client
             await asyncio.sleep(0)  # the retired client closes in a task
             await asyncio.sleep(0.01)
-            assert changed_client.is_closed and not kept_client.is_closed
+            assert changed_client.closed and not kept_client.closed
             assert (await ask("kept")).status_code == 503  # still open after the swap
             assert len(upstream.requests) == calls
             assert (await ask("changed")).status_code == 200

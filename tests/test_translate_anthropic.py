@@ -106,7 +106,6 @@ def test_multipart_user_content_with_images() -> None:
                         },
                         {"type": "image_url", "image_url": {"url": "https://x.test/cat.jpg"}},
                         {"type": "image_url", "image_url": "https://x.test/old-style.jpg"},
-                        {"type": "input_audio", "input_audio": {"data": "AAA", "format": "wav"}},
                         text(""),
                     ],
                 }
@@ -736,20 +735,24 @@ def test_malformed_anthropic_request_is_a_translation_error(body: Json, param: s
     assert err.value.param == param
 
 
-def test_junk_blocks_and_fields_are_skipped() -> None:
+def test_tools_without_schema_are_skipped() -> None:
     body = anthropic_to_openai_chat(
-        {
-            "messages": [
-                {"role": "user", "content": ["junk", text("ok")]},
-                {"role": "assistant", "content": [7, text("fine")]},
-            ],
-            "tools": ["junk", {"name": "no_schema"}],
-            "metadata": "junk",
-        }
+        {"messages": [{"role": "user", "content": [text("ok")]}], "tools": [{"name": "no_schema"}]}
     )
-    assert body == {
-        "messages": [
-            {"role": "user", "content": [text("ok")]},
-            {"role": "assistant", "content": "fine"},
-        ]
-    }
+    assert body == {"messages": [{"role": "user", "content": [text("ok")]}]}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "param"),
+    [
+        ("messages", [{"role": "user", "content": ["junk"]}], "messages[0].content[0]"),
+        ("messages", [{"role": "assistant", "content": [text("a"), 7]}], "messages[0].content[1]"),
+        ("tools", ["junk"], "tools[0]"),
+        ("metadata", "junk", "metadata"),
+    ],
+)
+def test_ill_typed_fields_are_refused_by_path(field: str, value: object, param: str) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], field: value}
+    with pytest.raises(TranslationError) as caught:
+        anthropic_to_openai_chat(body)
+    assert caught.value.param == param and not caught.value.droppable

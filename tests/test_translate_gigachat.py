@@ -135,7 +135,6 @@ def test_chat_request_with_everything() -> None:
         ("auto", ["a"], "auto"),
         ("none", ["a"], "none"),
         ("required", ["a"], {"name": "a"}),
-        ("required", ["a", "b"], "auto"),  # NOTE: GigaChat cannot demand "one of them"
         ({"type": "function", "function": {"name": "b"}}, ["a", "b"], {"name": "b"}),
         ({"type": "allowed_tools", "allowed_tools": {"mode": "auto"}}, ["a"], "auto"),
     ],

@@ -1,8 +1,9 @@
 """OpenAI chat completions <-> Anthropic messages: requests, responses, legacy completions.
 
-Requests (both directions) map system prompts, text/image/PDF content, tools, tool_choice,
-assistant tool calls, tool results, stop sequences, max tokens, temperature, top_p, stream and the
-end-user id. Responses map content, tool calls, stop reason, usage and ids. Example::
+Requests (both directions) map system prompts, text/image/PDF content, tools, tool_choice
+(``allowed_tools``: only the allowed tools, with its mode), assistant tool calls, tool results,
+stop sequences, max tokens, temperature, top_p, stream and the end-user id. Responses map
+content, tool calls, stop reason, usage and ids. Example::
 
     >>> body = openai_chat_to_anthropic({"model": "m", "messages": [
     ...     {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]})
@@ -23,21 +24,25 @@ Fields Anthropic cannot honour (penalties, logprobs, logit_bias, audio, legacy f
 non-function tools, ...) are refused before translation (`runtime.translate.unsupported`).
 Dropped OpenAI -> Anthropic (no counterpart, answer unaffected): ``n: 1``, ``seed``,
 ``service_tier``, ``store``, ``metadata``, ``prediction``, ``prompt_cache_key``,
-``stream_options`` (Anthropic streams always carry usage), image ``detail``, audio parts,
-``file`` parts other than base64 PDF, message ``name``, and ``top_p`` when ``temperature`` is also
-set (current Claude models reject both). ``temperature`` is clamped to Anthropic's 0..1.
+``stream_options`` (Anthropic streams always carry usage), image ``detail`` (Claude sizes images
+itself), message ``name``, and ``top_p`` when ``temperature`` is also set (current Claude models
+reject both). ``temperature`` is clamped to Anthropic's 0..1. Audio parts and ``file`` parts
+other than a PDF or plain text in ``file_data`` raise `TranslationError` naming the part.
 
 Dropped Anthropic -> OpenAI: ``service_tier``, ``stop_sequence`` (which sequence matched),
 ``cache_control``, server tool blocks of earlier turns (server tools, ``mcp_servers``,
 ``container`` are refused by `runtime.translate.unsupported`), thinking blocks, tool_result
-``is_error`` and non-text tool_result content, image
-``file`` sources, ``cache_creation_input_tokens`` (counted into ``prompt_tokens``).
+``is_error`` and non-text tool_result content, ``cache_creation_input_tokens`` (counted into
+``prompt_tokens``). Images and documents by Anthropic file id, and documents by URL, raise
+`TranslationError` naming the block.
 
 The stream translators live in `runtime.translate.anthropic_stream` and are re-exported here.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from collections.abc import Mapping
@@ -56,6 +61,7 @@ from runtime.translate.anthropic_stream import (
 )
 from runtime.translate.common import (
     dump_arguments,
+    narrow_allowed_tools,
     new_id,
     now,
     one_choice,
@@ -63,6 +69,12 @@ from runtime.translate.common import (
     parse_data_url,
     single_prompt,
     text_of,
+)
+from runtime.translate.shapes import (
+    ChatRequest,
+    CompletionRequest,
+    MessagesRequest,
+    check_types,
 )
 
 __all__ = [
@@ -77,6 +89,7 @@ __all__ = [
     "anthropic_to_openai_chat",
     "completions_to_anthropic",
     "count_request_chars",
+    "estimate_input_tokens",
     "estimate_tokens",
     "openai_chat_to_anthropic",
     "openai_id",
@@ -87,6 +100,7 @@ __all__ = [
 _TOOL_ID_INVALID = re.compile(r"[^a-zA-Z0-9_-]")
 _TOOL_CHOICE_TO_ANTHROPIC = {"auto": "auto", "none": "none", "required": "any"}
 _TOOL_CHOICE_TO_OPENAI = {"auto": "auto", "none": "none", "any": "required"}
+_DOCUMENT_TYPES = frozenset({"application/pdf", "text/plain"})
 
 MaxTokensKey = Literal["max_tokens", "max_completion_tokens"]
 # reasoning_effort -> Anthropic thinking budget; "none" and "minimal" think not at all
@@ -106,6 +120,8 @@ def openai_chat_to_anthropic(
     ``tool_result`` blocks. ``max_completion_tokens`` wins over ``max_tokens``; with neither,
     `default_max_tokens` is used because Anthropic requires it.
     """
+    check_types(body, ChatRequest)
+    body = narrow_allowed_tools(body)
     out: dict[str, Any] = {}
     if "model" in body:
         out["model"] = body["model"]
@@ -158,6 +174,7 @@ def completions_to_anthropic(
     ``logprobs`` and penalties are dropped. Example: ``{"model": "m", "prompt": "Say hi"}`` ->
     ``{"model": "m", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4096}``.
     """
+    check_types(body, CompletionRequest)
     prompt = single_prompt(body)
     chat: dict[str, Any] = {
         key: body[key]
@@ -246,9 +263,11 @@ def _user_content(content: object, i: int) -> str | list[dict[str, Any]]:
         elif kind == "image_url":
             blocks.append(_image_block(part, f"messages[{i}].content[{j}]"))
         elif kind == "file":
-            document = _document_block(part.get("file"))
-            if document is not None:
-                blocks.append(document)
+            blocks.append(_document_block(part.get("file"), f"messages[{i}].content[{j}]"))
+        elif kind == "input_audio":
+            raise TranslationError(
+                "Anthropic takes no audio input", param=f"messages[{i}].content[{j}]"
+            )
     return blocks
 
 
@@ -266,19 +285,32 @@ def _image_block(part: Mapping[str, Any], param: str) -> dict[str, Any]:
     return _with_cache_control({"type": "image", "source": source}, part)
 
 
-def _document_block(file: object) -> dict[str, Any] | None:
-    if not isinstance(file, Mapping) or not isinstance(file.get("file_data"), str):
-        return None
-    parsed = parse_data_url(file["file_data"])
-    if parsed is None or parsed[0] != "application/pdf":
-        return None
-    block: dict[str, Any] = {
-        "type": "document",
-        "source": {"type": "base64", "media_type": parsed[0], "data": parsed[1]},
-    }
+def _document_block(file: object, param: str) -> dict[str, Any]:
+    """A chat ``file`` part as a document: a PDF, or plain text. Anthropic reads no other files
+    and cannot see OpenAI's file ids: those raise `TranslationError` naming the part."""
+    data = file.get("file_data") if isinstance(file, Mapping) else None
+    parsed = parse_data_url(data) if isinstance(data, str) else None
+    if parsed is None or parsed[0] not in _DOCUMENT_TYPES or not isinstance(file, Mapping):
+        raise TranslationError(
+            "Anthropic reads PDF and plain-text files sent as file_data (a data: URL), not "
+            "other files or OpenAI file ids",
+            param=param,
+        )
+    media_type, payload = parsed
+    source: dict[str, Any] = {"type": "base64", "media_type": media_type, "data": payload}
+    if media_type == "text/plain":
+        source = {"type": "text", "media_type": media_type, "data": _text(payload, param)}
+    block: dict[str, Any] = {"type": "document", "source": source}
     if isinstance(file.get("filename"), str):
         block["title"] = file["filename"]
     return block
+
+
+def _text(payload: str, param: str) -> str:
+    try:
+        return base64.b64decode(payload, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise TranslationError("file_data is not base64 UTF-8 text", param=param) from None
 
 
 def _assistant_to_anthropic(msg: Mapping[str, Any]) -> dict[str, Any]:
@@ -359,7 +391,7 @@ def _response_format_tool(response_format: object) -> dict[str, Any] | None:
             schema = {"type": "object"}
         if not isinstance(schema, Mapping) or schema.get("type", "object") != "object":
             raise TranslationError(
-                "this upstream needs a JSON schema whose root is an object",
+                "this upstream needs a response_format JSON schema whose root is an object",
                 param="response_format",
                 droppable=True,
             )
@@ -410,6 +442,7 @@ def anthropic_to_openai_chat(
     Example: ``{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]}``
     -> ``{"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5}``.
     """
+    check_types(body, MessagesRequest)
     out: dict[str, Any] = {}
     if "model" in body:
         out["model"] = body["model"]
@@ -433,7 +466,7 @@ def anthropic_to_openai_chat(
         elif role in ("system", "developer"):  # NOTE: Claude Code sends them mid-conversation
             messages.append({"role": role, "content": _system_text(msg.get("content"))})
         else:
-            messages.extend(_user_to_openai(msg.get("content")))
+            messages.extend(_user_to_openai(msg.get("content"), f"messages[{i}].content"))
     out["messages"] = messages
     if body.get("max_tokens") is not None:
         out[max_tokens_key] = body["max_tokens"]
@@ -507,12 +540,12 @@ def _is_text_block(block: object) -> bool:
     )
 
 
-def _user_to_openai(content: object) -> list[dict[str, Any]]:
+def _user_to_openai(content: object, param: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"role": "user", "content": content}]
     out: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
-    for block in content if isinstance(content, list) else ():
+    for j, block in enumerate(content if isinstance(content, list) else ()):
         if not isinstance(block, Mapping):
             continue
         kind = block.get("type")
@@ -527,37 +560,49 @@ def _user_to_openai(content: object) -> list[dict[str, Any]]:
                 }
             )
         elif kind == "text":
-            parts.append({"type": "text", "text": block.get("text", "")})
+            parts.append({"type": "text", "text": block.get("text") or ""})
         elif kind == "image":
-            image = _image_part(block.get("source") or {})
-            if image is not None:
-                parts.append(image)
+            parts.append(_image_part(block.get("source"), f"{param}[{j}]"))
         elif kind == "document":
-            parts.extend(_document_part(block))
+            parts.extend(_document_part(block, f"{param}[{j}]"))
     if parts or not out:
         out.append({"role": "user", "content": parts})
     return out
 
 
-def _image_part(source: Mapping[str, Any]) -> dict[str, Any] | None:
-    if source.get("type") == "base64":
-        url = f"data:{source.get('media_type', 'image/png')};base64,{source.get('data', '')}"
-    elif source.get("type") == "url":
-        url = source.get("url", "")
+def _image_part(source: object, param: str) -> dict[str, Any]:
+    kind = source.get("type") if isinstance(source, Mapping) else None
+    if kind == "base64" and isinstance(source, Mapping):
+        media_type = source.get("media_type") or "image/png"
+        url = f"data:{media_type};base64,{source.get('data') or ''}"
+    elif kind == "url" and isinstance(source, Mapping):
+        url = source.get("url") or ""
     else:
-        return None
+        raise TranslationError(
+            "this upstream takes images as base64 data or a URL, not Anthropic file ids",
+            param=param,
+        )
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def _document_part(block: Mapping[str, Any]) -> list[dict[str, Any]]:
-    source = block.get("source") or {}
+def _document_part(block: Mapping[str, Any], param: str) -> list[dict[str, Any]]:
+    """A document as chat parts: a base64 PDF as a ``file``, text (or a ``content`` source's
+    text) as text; a PDF by URL or by Anthropic file id cannot be sent (`TranslationError`)."""
+    source = block.get("source")
+    if not isinstance(source, Mapping):  # NOTE: a search_result's source is its URL
+        return []
     if source.get("type") == "text":
-        return [{"type": "text", "text": source.get("data", "")}]
+        return [{"type": "text", "text": source.get("data") or ""}]
+    if source.get("type") == "content":
+        return [{"type": "text", "text": text_of(source.get("content"))}]
     if source.get("type") == "base64" and source.get("media_type") == "application/pdf":
-        data_url = f"data:application/pdf;base64,{source.get('data', '')}"
+        data_url = f"data:application/pdf;base64,{source.get('data') or ''}"
         filename = block.get("title") or "document.pdf"
         return [{"type": "file", "file": {"file_data": data_url, "filename": filename}}]
-    return []
+    raise TranslationError(
+        "this upstream takes documents as base64 PDF or text, not by URL or Anthropic file id",
+        param=param,
+    )
 
 
 def _assistant_to_openai(content: object) -> dict[str, Any]:
@@ -570,14 +615,14 @@ def _assistant_to_openai(content: object) -> dict[str, Any]:
             continue
         kind = block.get("type")
         if kind == "text":
-            texts.append(block.get("text", ""))
+            texts.append(block.get("text") or "")
         elif kind == "tool_use":
             calls.append(
                 {
-                    "id": block.get("id", ""),
+                    "id": block.get("id") or "",
                     "type": "function",
                     "function": {
-                        "name": block.get("name", ""),
+                        "name": block.get("name") or "",
                         "arguments": dump_arguments(block.get("input")),
                     },
                 }
@@ -751,6 +796,14 @@ def estimate_tokens(text_chars: int) -> int:
     Example: ``estimate_tokens(10)`` -> ``3``.
     """
     return max(1, (text_chars + 3) // 4)
+
+
+def estimate_input_tokens(body: Mapping[str, Any]) -> int:
+    """`estimate_tokens` of an Anthropic request, for ``count_tokens`` on an upstream that cannot
+    count; an ill-typed field raises `TranslationError`. ``{"messages": [{"role": "user",
+    "content": "Hello!"}]}`` -> ``2``."""
+    check_types(body, MessagesRequest)
+    return estimate_tokens(count_request_chars(body))
 
 
 def count_request_chars(body: Mapping[str, Any]) -> int:

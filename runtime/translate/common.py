@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import struct
 import time
 import uuid
 from collections.abc import Mapping
@@ -23,6 +24,8 @@ __all__ = [
     "OpenAIChunkStream",
     "chat_chunk",
     "dump_arguments",
+    "embeddings_as_base64",
+    "narrow_allowed_tools",
     "new_id",
     "now",
     "one_choice",
@@ -245,3 +248,50 @@ def text_embedding_request(body: Mapping[str, Any]) -> dict[str, Any]:
         out["model"] = body["model"]
     out["input"] = value
     return out
+
+
+def embeddings_as_base64(resp: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI embeddings list with each float vector as OpenAI sends it for
+    ``encoding_format: base64``: little-endian float32 bytes, base64-encoded (in place).
+
+    Example: ``{"data": [{"embedding": [0.5], ...}], ...}`` -> ``{"data": [{"embedding":
+    "AAAAPw==", ...}], ...}``.
+    """
+    items = resp.get("data")
+    for item in items if isinstance(items, list) else ():
+        vector = item.get("embedding") if isinstance(item, dict) else None
+        if isinstance(vector, list):
+            try:
+                packed = struct.pack(f"<{len(vector)}f", *vector)
+            except struct.error:
+                raise ValueError("an embedding that is not a list of numbers") from None
+            item["embedding"] = base64.b64encode(packed).decode("ascii")
+    return resp
+
+
+def narrow_allowed_tools(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A chat body whose ``tool_choice`` is ``allowed_tools``, for a protocol without it: only
+    the allowed tools are offered and ``tool_choice`` is the mode. Other bodies are returned as
+    they are. Example: ``{"tools": [f, g], "tool_choice": {"type": "allowed_tools",
+    "allowed_tools": {"mode": "required", "tools": [{"type": "function", "function": {"name":
+    "g"}}]}}}`` -> ``{"tools": [g], "tool_choice": "required"}``. Without a ``tools`` list the
+    allowed set is not narrowed.
+    """
+    choice = body.get("tool_choice")
+    if not isinstance(choice, Mapping) or choice.get("type") != "allowed_tools":
+        return body
+    spec = choice.get("allowed_tools")
+    spec = spec if isinstance(spec, Mapping) else {}
+    mode = spec.get("mode") if spec.get("mode") in ("auto", "required") else "auto"
+    out = {**body, "tool_choice": mode}
+    allowed, tools = spec.get("tools"), body.get("tools")
+    if isinstance(allowed, list) and isinstance(tools, list):
+        names = {_function_name(tool) for tool in allowed} - {None}
+        out["tools"] = [tool for tool in tools if _function_name(tool) in names]
+    return out
+
+
+def _function_name(tool: object) -> str | None:
+    function = tool.get("function") if isinstance(tool, Mapping) else None
+    name = function.get("name") if isinstance(function, Mapping) else None
+    return name if isinstance(name, str) else None

@@ -10,8 +10,10 @@ Example::
     ([{'name': 'weather', 'parameters': {'type': 'object'}}], 'auto', False)
 
 GigaChat looks like OpenAI but speaks functions: ``tools`` become ``functions`` and
-``tool_choice`` becomes ``function_call`` (``"required"`` forces the only function, or is
-``"auto"`` when there are several: GigaChat cannot demand "some" call). An assistant's call is
+``tool_choice`` becomes ``function_call`` (``"required"`` forces the only function; with several
+it is a droppable `TranslationError`, since GigaChat cannot demand "some" call: dropped, the
+model decides; ``allowed_tools`` offers only the allowed functions, with its mode). An
+assistant's call is
 ``function_call`` with its arguments as an object, one per message: a message with several
 ``tool_calls`` becomes one assistant message per call, each followed by its result. Tool results
 are ``role: function`` messages naming the function (looked up from the call's id), their
@@ -32,7 +34,8 @@ before translation (`runtime.translate.unsupported`). Dropped: ``n: 1``, ``seed`
 ``parallel_tool_calls``
 (one call per answer anyway), ``user``, ``service_tier``, ``stream_options`` (GigaChat always
 sends usage, on the last chunk with choices; `GigaChatToOpenAIStream` moves or strips it);
-embeddings' ``encoding_format`` and ``user``. ``response_format`` ``json_object`` becomes a
+embeddings' ``user``, and ``encoding_format``, which the gateway applies to the answer
+(`runtime.translate.common.embeddings_as_base64`). ``response_format`` ``json_object`` becomes a
 ``json_schema`` of any object; ``reasoning_effort`` ``xhigh`` becomes ``high``. Legacy
 completions have no GigaChat endpoint.
 """
@@ -49,6 +52,7 @@ from runtime.translate import TranslationError
 from runtime.translate.common import (
     OpenAIChunkStream,
     dump_arguments,
+    narrow_allowed_tools,
     new_id,
     now,
     one_choice,
@@ -57,6 +61,7 @@ from runtime.translate.common import (
     text_of,
 )
 from runtime.translate.errors import to_openai_error
+from runtime.translate.shapes import ChatRequest, EmbeddingRequest, check_types
 
 __all__ = [
     "GigaChatToOpenAIStream",
@@ -78,6 +83,8 @@ _EMPTY_PARAMETERS: Mapping[str, Any] = {"type": "object", "properties": {}}
 
 def openai_chat_to_gigachat(body: Mapping[str, Any]) -> dict[str, Any]:
     """An OpenAI ``/v1/chat/completions`` body -> a GigaChat ``/chat/completions`` body."""
+    check_types(body, ChatRequest)
+    body = narrow_allowed_tools(body)
     out: dict[str, Any] = {}
     if "model" in body:
         out["model"] = body["model"]
@@ -102,6 +109,7 @@ def embeddings_to_gigachat(body: Mapping[str, Any]) -> dict[str, Any]:
     ``{"model": "Embeddings", "input": "a", "encoding_format": "float"}`` -> ``{"model":
     "Embeddings", "input": "a"}``.
     """
+    check_types(body, EmbeddingRequest)
     out = text_embedding_request(body)
     return out
 
@@ -254,6 +262,13 @@ def _function_call(choice: object, functions: list[dict[str, Any]]) -> str | dic
         return "none"
     if choice == "required" and len(functions) == 1:
         return {"name": functions[0]["name"]}
+    if choice == "required":
+        raise TranslationError(
+            "GigaChat can force one named function but not a call of any of several: name one "
+            "in tool_choice, remove tool_choice, or route with drop_unsupported: true",
+            param="tool_choice",
+            droppable=True,
+        )
     fn = choice.get("function") if isinstance(choice, Mapping) else None
     name = fn.get("name") if isinstance(fn, Mapping) else None
     if isinstance(name, str) and name:

@@ -16,22 +16,24 @@ this layer fetches nothing); an http URL raises `TranslationError`.
 
 ``n`` above 1 is a `TranslationError`; ``logit_bias``, ``logprobs``, a forced ``tool_choice``
 and the like are refused before translation (`runtime.translate.unsupported`). ``tool_choice``
-``none`` sends no tools. Dropped: ``n: 1``, ``user``, ``reasoning_effort``,
-``service_tier``, ``stream_options`` (usage always arrives on the final line), image ``detail``,
-non-image parts; in responses the model's ``thinking`` and Ollama's timing fields.
+``none`` sends no tools; ``allowed_tools`` in ``auto`` mode sends only the allowed ones.
+Audio (``input_audio``) and ``file`` parts raise `TranslationError` naming the part. Dropped:
+``n: 1``, ``user``, ``reasoning_effort``, ``service_tier``, ``stream_options`` (usage always
+arrives on the final line), image ``detail`` (Ollama has no such setting); in responses the
+model's ``thinking`` and Ollama's timing fields.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import struct
 from collections.abc import Mapping
 from typing import Any
 
 from runtime.translate import TranslationError
 from runtime.translate.common import (
     OpenAIChunkStream,
+    embeddings_as_base64,
+    narrow_allowed_tools,
     new_id,
     now,
     one_choice,
@@ -42,6 +44,12 @@ from runtime.translate.common import (
     text_of,
 )
 from runtime.translate.errors import to_openai_error
+from runtime.translate.shapes import (
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    check_types,
+)
 
 __all__ = [
     "OllamaToCompletionsStream",
@@ -55,6 +63,7 @@ __all__ = [
 ]
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_REFUSED_PARTS = {"input_audio": "audio", "file": "files"}
 _OPTION_KEYS = ("temperature", "top_p", "top_k", "seed", "frequency_penalty", "presence_penalty")
 
 
@@ -63,6 +72,8 @@ def openai_chat_to_ollama(body: Mapping[str, Any]) -> dict[str, Any]:
 
     Tool results carry ``tool_name``, found from the assistant call with the same id.
     """
+    check_types(body, ChatRequest)
+    body = narrow_allowed_tools(body)
     out: dict[str, Any] = {}
     if "model" in body:
         out["model"] = body["model"]
@@ -88,6 +99,7 @@ def completions_to_ollama(body: Mapping[str, Any]) -> dict[str, Any]:
     "prompt": "def f(", "stream": False, "suffix": ")"}``. ``echo``, ``best_of``, ``n``,
     ``logprobs`` and ``logit_bias`` are dropped.
     """
+    check_types(body, CompletionRequest)
     out: dict[str, Any] = {}
     if "model" in body:
         out["model"] = body["model"]
@@ -106,9 +118,11 @@ def embeddings_to_ollama(body: Mapping[str, Any]) -> dict[str, Any]:
     """An OpenAI ``/v1/embeddings`` body -> an Ollama ``/api/embed`` body.
 
     Token-id input cannot be expressed and raises `TranslationError`; ``encoding_format`` is
-    applied to the response by `ollama_embed_to_openai`; ``user`` is dropped. Example:
+    applied to the answer (`runtime.translate.common.embeddings_as_base64`); ``user`` is dropped.
+    Example:
     ``{"model": "e", "input": ["a", "b"]}`` -> ``{"model": "e", "input": ["a", "b"]}``.
     """
+    check_types(body, EmbeddingRequest)
     out = text_embedding_request(body)
     if body.get("dimensions") is not None:
         out["dimensions"] = body["dimensions"]
@@ -166,9 +180,17 @@ def _tool_result(msg: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, 
 
 
 def _images(content: object, i: int) -> list[str]:
+    """The base64 images of a message's parts; audio and file parts, which Ollama cannot take,
+    raise `TranslationError` naming the part."""
     images: list[str] = []
     for j, part in enumerate(content if isinstance(content, list) else ()):
-        if not isinstance(part, Mapping) or part.get("type") != "image_url":
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if isinstance(kind, str) and kind in _REFUSED_PARTS:
+            raise TranslationError(
+                f"Ollama takes text and images only, not {_REFUSED_PARTS[kind]}",
+                param=f"messages[{i}].content[{j}]",
+            )
+        if kind != "image_url" or not isinstance(part, Mapping):
             continue
         image = part.get("image_url")
         url = image.get("url") if isinstance(image, Mapping) else image
@@ -271,20 +293,18 @@ def ollama_embed_to_openai(
     -> ``{"object": "list", "data": [{"object": "embedding", "embedding": [0.5], "index": 0}],
     "model": "e", "usage": {"prompt_tokens": 2, "total_tokens": 2}}``.
     """
-    data: list[dict[str, Any]] = []
-    for i, vector in enumerate(resp.get("embeddings") or ()):
-        embedding: object = vector
-        if encoding_format == "base64":
-            packed = struct.pack(f"<{len(vector)}f", *vector)
-            embedding = base64.b64encode(packed).decode("ascii")
-        data.append({"object": "embedding", "embedding": embedding, "index": i})
+    data = [
+        {"object": "embedding", "embedding": vector, "index": i}
+        for i, vector in enumerate(resp.get("embeddings") or ())
+    ]
     tokens = resp.get("prompt_eval_count") or 0
-    return {
+    out = {
         "object": "list",
         "data": data,
         "model": model if model is not None else resp.get("model", ""),
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
+    return embeddings_as_base64(out) if encoding_format == "base64" else out
 
 
 def _tool_calls_to_openai(calls: object, first_index: int) -> list[dict[str, Any]]:

@@ -12,9 +12,12 @@ comes back the same way. Example::
 Requests map ``instructions``, ``input`` (a string, or items: messages with text, image and file
 parts, ``function_call`` and ``function_call_output``), function ``tools``, ``tool_choice``,
 ``parallel_tool_calls``, ``max_output_tokens``, ``temperature``, ``top_p``, ``text.format``
-(``json_schema``, ``json_object``), ``stream``, ``user``/``safety_identifier``, ``metadata``,
+(``json_schema``, ``json_object``), ``text.verbosity``, ``stream``, ``user``/``safety_identifier``,
 ``reasoning.effort`` and ``top_logprobs``. ``reasoning`` items of earlier turns are dropped (only
-the model that wrote them can read them; the answer does not depend on them). What only OpenAI's
+the model that wrote them can read them; the answer does not depend on them), and so is every
+field the README's drop table lists as dropped (``metadata``, ``include``, ``truncation``,
+``max_tool_calls``, ...); `runtime.translate.unsupported.RESPONSES_TO_CHAT` refuses ``prompt``
+and ``include`` of log probabilities first. What only OpenAI's
 own Responses service can do raises `TranslationError` (a 400 naming the parameter): hosted tools
 (web search, file search, MCP, ...), ``item_reference`` and file ids of uploaded images.
 
@@ -26,11 +29,13 @@ usage to ``input_tokens`` / ``output_tokens`` with their details. The stream tra
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from runtime.translate import TranslationError
 from runtime.translate.common import new_id, now, text_of
+from runtime.translate.shapes import ResponsesRequest, check_types
 
 __all__ = [
     "chat_to_response",
@@ -41,12 +46,21 @@ __all__ = [
     "output_text_part",
     "response_base",
     "response_object",
+    "responses_param",
     "responses_to_chat",
 ]
 
 _TOOL_CHOICE_MODES = frozenset({"none", "auto", "required"})
 _MESSAGE_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+# chat fields `responses_to_chat` makes -> the Responses fields they come from
+_CHAT_PARAMS = {
+    "max_tokens": "max_output_tokens",
+    "verbosity": "text.verbosity",
+    "response_format": "text.format",
+    "reasoning_effort": "reasoning.effort",
+}
+_CHAT_MESSAGE = re.compile(r"messages\[(\d+)\](.*)")
 
 
 # --- requests: Responses -> chat ----------------------------------------------------------
@@ -59,6 +73,7 @@ def responses_to_chat(body: Mapping[str, Any], *, drop_hosted: bool = True) -> d
     reports usage, so the chat upstream must send it. Hosted tools (`hosted_tools`) are dropped,
     or refused with `TranslationError` when not `drop_hosted`.
     """
+    check_types(body, ResponsesRequest)
     out: dict[str, Any] = {}
     if "model" in body:
         out["model"] = body["model"]
@@ -70,7 +85,7 @@ def responses_to_chat(body: Mapping[str, Any], *, drop_hosted: bool = True) -> d
     out["messages"] = messages
     if body.get("max_output_tokens") is not None:
         out["max_tokens"] = body["max_output_tokens"]
-    for key in ("temperature", "top_p", "parallel_tool_calls", "metadata", "top_logprobs"):
+    for key in ("temperature", "top_p", "parallel_tool_calls", "top_logprobs"):
         if body.get(key) is not None:
             out[key] = body[key]
     user = body.get("safety_identifier") or body.get("user")
@@ -79,7 +94,10 @@ def responses_to_chat(body: Mapping[str, Any], *, drop_hosted: bool = True) -> d
     reasoning = body.get("reasoning")
     if isinstance(reasoning, Mapping) and isinstance(reasoning.get("effort"), str):
         out["reasoning_effort"] = reasoning["effort"]
-    response_format = _response_format(body.get("text"))
+    text = body.get("text")
+    if isinstance(text, Mapping) and text.get("verbosity") is not None:
+        out["verbosity"] = text["verbosity"]
+    response_format = _response_format(text)
     if response_format is not None:
         out["response_format"] = response_format
     tools = _tools_to_chat(body.get("tools"), drop_hosted=drop_hosted)
@@ -256,6 +274,46 @@ def _tool_choice_to_chat(choice: object) -> str | dict[str, Any] | None:
     raise TranslationError(
         "this tool_choice needs OpenAI's own Responses service", param="tool_choice"
     )
+
+
+def responses_param(body: Mapping[str, Any], param: str) -> str:
+    """The Responses field of `body` that the chat parameter `param` of its translation came
+    from, for an error that must name what the client sent: ``text.verbosity`` for
+    ``verbosity``; for a message, the input item (``messages[1].content[0]`` ->
+    ``input[0].content[0]`` when ``instructions`` made ``messages[0]``). Other names are kept.
+    """
+    if param in _CHAT_PARAMS:
+        return _CHAT_PARAMS[param]
+    match = _CHAT_MESSAGE.fullmatch(param)
+    origins = _message_origins(body) if match else []
+    if match is None or int(match[1]) >= len(origins):
+        return param
+    origin, rest = origins[int(match[1])], match[2]
+    if origin in ("instructions", "input"):
+        return origin
+    return origin + rest.replace(".tool_call_id", ".call_id", 1)
+
+
+def _message_origins(body: Mapping[str, Any]) -> list[str]:
+    """For each chat message `responses_to_chat` makes of `body`, the field it comes from."""
+    origins: list[str] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        origins.append("instructions")
+    items = body.get("input")
+    if isinstance(items, str):
+        return [*origins, "input"]
+    assistant = False  # NOTE: consecutive calls join the assistant message before them
+    for i, item in enumerate(items if isinstance(items, list) else ()):
+        kind = item.get("type", "message") if isinstance(item, Mapping) else None
+        if kind == "function_call" and assistant:
+            continue
+        if kind in ("message", "function_call", "function_call_output"):
+            origins.append(f"input[{i}]")
+            assistant = kind == "function_call" or (
+                kind == "message" and isinstance(item, Mapping) and item.get("role") == "assistant"
+            )
+    return origins
 
 
 # --- responses: chat -> Responses --------------------------------------------------------

@@ -31,6 +31,7 @@ __all__ = [
     "COMPLETIONS_TO_OLLAMA",
     "EMBEDDINGS_TO_GIGACHAT",
     "MESSAGES_TO_CHAT",
+    "RESPONSES_TO_CHAT",
     "Unsupported",
     "check_request",
     "refuse_unsupported",
@@ -57,6 +58,15 @@ def _one_of(*idle: object) -> Callable[[object], bool]:
         return _unset(value) or value in idle
 
     return check
+
+
+def _chooses_nothing(choice: object) -> bool:
+    """``auto``, ``none``, or ``allowed_tools`` in ``auto`` mode (the translator offers only
+    the allowed tools)."""
+    if isinstance(choice, Mapping) and choice.get("type") == "allowed_tools":
+        spec = choice.get("allowed_tools")
+        return isinstance(spec, Mapping) and spec.get("mode", "auto") == "auto"
+    return _unset(choice) or choice in ("auto", "none")
 
 
 def _function_tool(tool: object) -> bool:
@@ -113,15 +123,16 @@ def refuse_unsupported(
     return run
 
 
-_PARAM = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+)\])?")
+_PARAM = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+)\]|\.([A-Za-z_][A-Za-z0-9_]*))?")
 
 
 def translate_dropping(
     translate: Callable[[Body], Body], body: Mapping[str, Any]
 ) -> tuple[Body, tuple[str, ...]]:
     """`translate` the body, removing each parameter it refuses as droppable (a top-level field,
-    or one element of a top-level list) and translating again. Returns the translation and the
-    removed parameters as the client named them. A refusal that is not droppable is raised.
+    one element of a top-level list, or one key of a top-level object: ``text.verbosity``) and
+    translating again. Returns the translation and the removed parameters as the client named
+    them. A refusal that is not droppable is raised.
 
     Example: with `translate` refusing ``top_k`` and then ``tools[1]``, ``{"top_k": 5, "tools":
     [a, b, c]}`` is translated as ``{"tools": [a, c]}`` and ``("top_k", "tools[1]")`` returned.
@@ -137,6 +148,10 @@ def translate_dropping(
             if not exc.droppable or match is None or match[1] not in current:
                 raise
             name = match[1]
+            if match[3] is not None:
+                current[name] = _without(current[name], match[3], exc)
+                dropped.append(f"{name}.{match[3]}")
+                continue
             if match[2] is None:
                 del current[name]
                 dropped.append(name)
@@ -147,6 +162,13 @@ def translate_dropping(
             origin = origins.setdefault(name, list(range(len(items))))
             dropped.append(f"{name}[{origin.pop(i)}]")
             current[name] = items[:i] + items[i + 1 :]
+
+
+def _without(value: object, key: str, refusal: TranslationError) -> dict[str, Any]:
+    """A copy of the object `value` without `key` (the client's body is left alone)."""
+    if not isinstance(value, Mapping) or key not in value:
+        raise refusal
+    return {k: v for k, v in value.items() if k != key}
 
 
 _PENALTIES = (
@@ -172,7 +194,7 @@ _OPENAI_CHAT_ONLY = (
 CHAT_TO_ANTHROPIC = (*_OPENAI_CHAT_ONLY, *_PENALTIES)
 CHAT_TO_OLLAMA = (
     *_OPENAI_CHAT_ONLY,
-    Unsupported("tool_choice", "no tool_choice (the model decides)", _one_of("auto", "none")),
+    Unsupported("tool_choice", "no tool_choice (the model decides)", _chooses_nothing),
     Unsupported("parallel_tool_calls", "no way to forbid parallel tool calls", _allowed),
 )
 CHAT_TO_GIGACHAT = (
@@ -203,4 +225,18 @@ MESSAGES_TO_CHAT = (
     Unsupported("context_management", "no Anthropic context management", _none),
     Unsupported("inference_geo", "no inference region to honour", _none),
     Unsupported("tools", "no Anthropic server tools", _client_tool, each=True),
+)
+
+_LOGPROBS_INCLUDE = "message.output_text.logprobs"
+
+# what only OpenAI's own Responses service can do, for every other upstream (the request goes on
+# as chat, whose rules above then apply to what it becomes)
+RESPONSES_TO_CHAT = (
+    Unsupported("prompt", "no stored prompt templates (OpenAI keeps them)", _none),
+    Unsupported(
+        "include",
+        "no log probabilities in Responses answers",
+        lambda item: item != _LOGPROBS_INCLUDE,
+        each=True,
+    ),
 )

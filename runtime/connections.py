@@ -1,0 +1,218 @@
+"""One client connection on Hypercorn, with the behaviour the gateway needs below the app.
+
+Hypercorn 0.18's `TCPServer` and `H11Protocol` are kept and changed in four places, each a small
+override (read `hypercorn/asyncio/tcp_server.py` and `hypercorn/protocol/h11.py` beside this):
+
+- a peer that closes an idle keep-alive connection frees its fd at once (Hypercorn waited for
+  its keep-alive timer, leaving the socket in CLOSE_WAIT for `keep_alive_timeout`);
+- the keep-alive timeout is read from the live table (`server.keep_alive_timeout_s`);
+- once shutdown starts, responses say ``Connection: close`` and a connection accepted before
+  the listener closed still gets its first request answered (Hypercorn closed it unread);
+- requests rejected by the HTTP parser (bad Content-Length or Host, oversized headers, a
+  transfer coding other than chunked) get a JSON body in the OpenAI error shape, with a fixed
+  message per kind that never echoes the request.
+
+`refuse(reader, writer, limit)` answers a connection over `server.max_connections` with a 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from itertools import chain
+from typing import Any
+
+import h11
+from hypercorn.asyncio.task_group import TaskGroup
+from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.events import Event, Updated
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.events import Event as StreamEvent
+from hypercorn.protocol.events import Response
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import parse_socket_addr
+
+from runtime.errors import GatewayError, error_body
+
+FIRST_REQUEST_GRACE_S = 1.0  # a connection accepted before the listener closed sends within this
+REFUSAL_LINGER_S = 1.0  # how long a refused connection may take to read its 503 and close
+
+
+class GatewayConnection(TCPServer):
+    """`TCPServer` that frees its fd on the peer's FIN and keeps fresh connections at shutdown.
+    `keep_alive_s` is read each time a connection goes idle, so a reload applies to it."""
+
+    def __init__(self, *args: Any, keep_alive_s: Callable[[], float]) -> None:
+        super().__init__(*args)
+        self.keep_alive_s = keep_alive_s
+        self.fresh = True  # no request seen yet
+
+    async def run(self) -> None:
+        # NOTE: Hypercorn's `TCPServer.run`, with `GatewayProtocols` in place of `ProtocolWrapper`
+        socket = self.writer.get_extra_info("socket")
+        try:
+            client = parse_socket_addr(socket.family, socket.getpeername())
+            server = parse_socket_addr(socket.family, socket.getsockname())
+            ssl = self.writer.get_extra_info("ssl_object") is not None
+            async with TaskGroup(self.loop) as task_group:
+                self._task_group = task_group
+                self.protocol = GatewayProtocols(
+                    self.app,
+                    self.config,
+                    self.context,
+                    task_group,
+                    ConnectionState(self.state),
+                    ssl,
+                    client,
+                    server,
+                    self.protocol_send,
+                    "http/1.1",
+                )
+                await self.protocol.initiate()
+                await self.idle_task.restart(task_group, self._idle_timeout)
+                await self._read_data()
+        except OSError:
+            pass
+        finally:
+            await self._close()
+
+    async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated) and not event.idle:
+            self.fresh = False
+        await super().protocol_send(event)
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # NOTE: the peer closed (or the read failed). The keep-alive timer is the only thing
+        # left in the connection's task group when it was idle; stopping it ends the group and
+        # closes the socket now instead of after `keep_alive_timeout` in CLOSE_WAIT.
+        await self.idle_task.stop()
+
+    async def _idle_timeout(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.context.terminated.wait(), self.keep_alive_s())
+            if self.fresh:
+                # NOTE: accepted before the listener closed, so the client's request is on its
+                # way: answer it (with Connection: close) rather than drop it unread
+                await asyncio.sleep(FIRST_REQUEST_GRACE_S)
+        await asyncio.shield(self._initiate_server_close())
+
+
+class GatewayProtocols(ProtocolWrapper):
+    """`ProtocolWrapper` whose HTTP/1.1 protocol is `GatewayH11`."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        if isinstance(self.protocol, H11Protocol):
+            self.protocol = GatewayH11(
+                self.app,
+                self.config,
+                self.context,
+                self.task_group,
+                self.state,
+                self.ssl,
+                self.client,
+                self.server,
+                self.send,
+            )
+
+
+class _Connection(h11.Connection):
+    """h11's connection, remembering the parse error the protocol answers for."""
+
+    last_error: h11.RemoteProtocolError | None = None
+
+    def next_event(self) -> Any:
+        try:
+            return super().next_event()
+        except h11.RemoteProtocolError as error:
+            self.last_error = error
+            raise
+
+
+class GatewayH11(H11Protocol):
+    """`H11Protocol` with shaped parse errors and ``Connection: close`` while shutting down."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.connection = _Connection(
+            h11.SERVER, max_incomplete_event_size=self.config.h11_max_incomplete_size
+        )
+
+    async def stream_send(self, event: StreamEvent) -> None:
+        if (
+            isinstance(event, Response)
+            and event.status_code >= 200
+            and self.context.terminated.is_set()
+        ):
+            # NOTE: tells a keep-alive client not to send its next request here
+            event = dataclasses.replace(event, headers=[*event.headers, (b"connection", b"close")])
+        await super().stream_send(event)
+
+    async def _send_error_response(self, status_code: int) -> None:
+        connection = self.connection
+        error = connection.last_error if isinstance(connection, _Connection) else None
+        status, message, code = parse_rejection(status_code, error, self.config)
+        body = error_body("openai.chat", GatewayError(status, message, code=code))
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        await self._send_h11_event(
+            h11.Response(
+                status_code=status,
+                headers=list(chain(headers, self.config.response_headers("h11"))),
+            )
+        )
+        await self._send_h11_event(h11.Data(data=body))
+        await self._send_h11_event(h11.EndOfMessage())
+
+
+def parse_rejection(
+    status: int, error: h11.RemoteProtocolError | None, config: Any
+) -> tuple[int, str, str]:
+    """(status, message, code) for a request the HTTP parser refused. SECURITY: the message is
+    fixed per kind; h11's own text can quote the offending header line, values included.
+    For example h11's 501 for ``Transfer-Encoding: gzip`` becomes ``(400, "unsupported
+    Transfer-Encoding: only chunked is accepted", "unsupported_transfer_encoding")``.
+    """
+    text = str(error or "")
+    if status == 431:
+        limit = config.h11_max_incomplete_size
+        return 431, f"request headers are larger than {limit} bytes", "headers_too_large"
+    if "Transfer-Encoding" in text or status == 501:
+        # NOTE: RFC 9112 suggests 501 for an unknown transfer coding; it is the client's
+        # request that cannot be served, so it is a 4xx here like every other bad input
+        message = "unsupported Transfer-Encoding: only chunked is accepted"
+        return 400, message, "unsupported_transfer_encoding"
+    if "Content-Length" in text:
+        return 400, "invalid Content-Length header", "invalid_content_length"
+    if "Host" in text:
+        return 400, "missing or repeated Host header", "invalid_host"
+    return 400, "malformed HTTP request", "bad_http_request"
+
+
+async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int) -> None:
+    """Answer a connection over the cap with a 503 and close it. The request is not read first;
+    reading until the client closes (bounded) keeps its unread bytes from turning our close into
+    a reset that could reach the client before the answer."""
+    message = f"the server is at its connection limit ({limit}); retry shortly"
+    body = error_body("openai.chat", GatewayError(503, message, code="too_many_connections"))
+    head = (
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+        b"connection: close\r\nretry-after: 1\r\ncontent-length: %d\r\n\r\n" % len(body)
+    )
+    try:
+        writer.write(head + body)
+        writer.write_eof()
+        async with asyncio.timeout(REFUSAL_LINGER_S):
+            while await reader.read(65536):
+                pass
+    except (OSError, TimeoutError):
+        writer.transport.abort()
+    else:
+        writer.close()
