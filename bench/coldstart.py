@@ -1,9 +1,10 @@
 """Cold start: process start -> first 200 on a proxied chat completion, median of N starts.
 
 Each run spawns `python -m runtime.cli serve bench/interlock-bench.yaml` (the same command
-`bench/run.sh` serves with), then sends the benchmark's chat completion every 5 ms until one
-answers 200 (it goes through the whole pipeline to the mock upstream, so the upstream connection
-and everything imported lazily on the first request are included), then stops the process.
+`bench/run.sh` serves with; `--config` serves another file or directory), then sends the
+benchmark's chat completion every 5 ms until one answers 200 (it goes through the whole pipeline
+to the mock upstream, so the upstream connection and everything imported lazily on the first
+request are included), then stops the process.
 Also reported: when the port first accepted a connection, how long the first request took,
 the cost of importing the server alone, the process's CPU time and RSS right after that first
 200. On a shared box, wall times stretch with other load far more than the CPU time does.
@@ -30,7 +31,11 @@ BODY = (
     b'{"model":"gpt-mock","messages":[{"role":"user","content":"Say hello in five words."}],'
     b'"max_tokens":16}'
 )
-HEADERS = {"content-type": "application/json", "authorization": "Bearer sk-bench-coldstart"}
+# NOTE: the bench key, so a config with managed keys (interlock-bench-governance.yaml) accepts it
+HEADERS = {
+    "content-type": "application/json",
+    "authorization": "Bearer sk-bench-0123456789abcdef",
+}
 
 
 def rss_mb(pid: int) -> float:
@@ -45,14 +50,14 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def one_start(python: str, port: int, timeout_s: float) -> dict[str, float]:
+def one_start(python: str, config: Path, port: int, timeout_s: float) -> dict[str, float]:
     env = dict(os.environ, INTERLOCK_BENCH_UPSTREAM_KEY="sk-mock-upstream")
     cmd = [
         python,
         "-m",
         "runtime.cli",
         "serve",
-        str(CONFIG),
+        str(config),
         "--bind",
         f"127.0.0.1:{port}",
         "--no-watch",
@@ -104,11 +109,11 @@ def one_start(python: str, port: int, timeout_s: float) -> dict[str, float]:
             proc.wait()
 
 
-def import_seconds(python: str) -> tuple[float, float]:
+def import_seconds(python: str, config: Path) -> tuple[float, float]:
     """Wall time of a bare interpreter that imports the server and compiles the config."""
     code = (
         "import time; t=time.perf_counter(); import runtime.server; from compiler import "
-        f"compile_config; compile_config({str(CONFIG)!r}); print(time.perf_counter()-t)"
+        f"compile_config; compile_config({str(config)!r}); print(time.perf_counter()-t)"
     )
     env = dict(os.environ, INTERLOCK_BENCH_UPSTREAM_KEY="x")
     t0 = time.perf_counter()
@@ -126,12 +131,13 @@ def main() -> int:
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--json-out")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="file or directory to serve")
     args = parser.parse_args()
     runs = []
     for _ in range(args.runs):
-        runs.append(one_start(args.python, args.port, args.timeout))
+        runs.append(one_start(args.python, args.config, args.port, args.timeout))
         time.sleep(0.3)
-    imports = [import_seconds(args.python) for _ in range(3)]
+    imports = [import_seconds(args.python, args.config) for _ in range(3)]
 
     def med(key: str) -> float:
         return statistics.median(r[key] for r in runs)

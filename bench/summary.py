@@ -1,8 +1,10 @@
 """Summarise one `bench/run.sh` results folder against Interlock's goals and the run before.
 
 Reads DIR/harness/report.json (the shared harness), DIR/coldstart.json, DIR/rss.txt and
-DIR/loadavg.txt; writes DIR/summary.json and prints markdown (what `run.sh` saves as summary.md):
-the goals table, CPU per request next to the peers, and the key numbers' change since the previous
+DIR/loadavg.txt, and the further Interlock variants' harness runs through `compare.py`; writes
+DIR/summary.json and prints markdown (what `run.sh` saves as summary.md): the side-by-side ratio
+tables (Interlock with governance off and on against Portkey and LiteLLM), the goals table,
+CPU per request next to the peers, and the key numbers' change since the previous
 folder in bench/results/ with a summary.json of a run of the same length (QUICK or full).
 
     python bench/summary.py bench/results/20261123-061149
@@ -17,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from compare import INTERLOCKS, LABELS, PEERS, Table, load_comparison
+
 GOALS = {  # key: (label, limit, "max" = at most / "min" = at least)
     "json_added_p50_ms": ("added latency, JSON, c=1, p50", 0.35, "max"),
     "json_added_p99_ms": ("added latency, JSON, c=1, p99", 1.0, "max"),
@@ -26,6 +30,89 @@ GOALS = {  # key: (label, limit, "max" = at most / "min" = at least)
     "rss_after_load_mb": ("RSS after the load run, MB", 60.0, "max"),
     "cold_start_s": ("cold start to first 200, s (median of 5)", 1.0, "max"),
 }
+
+
+# (measure, label, True if higher is better, format)
+MEASURES = (
+    ("cpu_json", "CPU ms/request, JSON c={json}", False, ".3f"),
+    ("cpu_stream", "CPU ms/request, stream c={stream}", False, ".3f"),
+    ("rps_json", "req/s, JSON c={json}", True, ",.0f"),
+    ("rps_stream", "req/s, stream c={stream}", True, ",.0f"),
+    ("added_p50", "added latency, JSON c=1 p50, ms", False, "+.2f"),
+    ("added_p99", "added latency, JSON c=1 p99, ms", False, "+.2f"),
+    ("first_p50", "first streamed event added, c=1 p50, ms", False, "+.2f"),
+    ("first_p99", "first streamed event added, c=1 p99, ms", False, "+.2f"),
+    ("rss_mb", "RSS after load, MB", False, ".0f"),
+    ("cold_s", "cold start to first 200, s", False, ".2f"),
+)
+
+
+def advantage(ours: float | None, theirs: float | None, higher_better: bool) -> str:
+    """How many times better Interlock does, e.g. CPU 0.5 ms vs 1.0 ms -> "2.00x"; "-" when a
+    value is missing or not positive (an added latency below the mock's is noise)."""
+    if ours is None or theirs is None or ours <= 0 or theirs <= 0:
+        return "-"
+    return f"{(ours / theirs if higher_better else theirs / ours):.2f}x"
+
+
+def render_side_by_side(table: Table) -> list[str]:
+    lines = [
+        "## Side by side: Interlock, governance off and on, against Portkey and LiteLLM",
+        "",
+        "One run of `bench/run.sh`. *x peer* = how many times better Interlock does than that "
+        "peer (> 1 = Interlock better): the peer's value divided by Interlock's for CPU, latency, "
+        "RSS and cold start (for CPU: requests per CPU-second), Interlock's divided by the "
+        "peer's for req/s. Governance on = a managed key, an rpm + tpm limit (memory) and the "
+        "SQLite usage ledger (`interlock-bench-governance.yaml`).",
+    ]
+    for pin, rows in table.items():
+        mine = [t for t in INTERLOCKS if t.key in rows]
+        peers = [t for t in PEERS if t.key in rows]
+        if not mine:
+            continue
+        conns = {
+            mode: next((int(m[f"conns_{mode}"]) for m in rows.values() if f"conns_{mode}" in m), 0)
+            for mode in ("json", "stream")
+        }
+        head = ["measure", *(p.label for p in peers)]
+        for t in mine:
+            head += [t.label, *(f"x {p.label}" for p in peers)]
+        lines += ["", f"### {pin}", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        for key, label, higher, spec in MEASURES:
+            cells = [label.format(**conns)]
+            cells += [fmt(rows[p.key].get(key), spec) for p in peers]
+            for t in mine:
+                ours = rows[t.key].get(key)
+                cells.append(fmt(ours, spec))
+                cells += [advantage(ours, rows[p.key].get(key), higher) for p in peers]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += governance_cost(rows)
+    return lines
+
+
+def governance_cost(rows: dict[str, dict[str, float]]) -> list[str]:
+    """What governance adds to CPU per request (budget: +15 %); the per-CPU-second goals."""
+    off, on = rows.get("interlock", {}), rows.get("interlock-governed", {})
+    out = []
+    for mode in ("json", "stream"):
+        a, b = off.get(f"cpu_{mode}"), on.get(f"cpu_{mode}")
+        if a and b:
+            change = (b / a - 1) * 100
+            within = "met" if change <= 15 else "**not met**"
+            out.append(
+                f"governance on vs off, CPU per {mode} request: {change:+.1f} % "
+                f"(budget +15 %: {within})"
+            )
+    for peer, goal in (("portkey", 2.0), ("litellm", 20.0)):
+        theirs, ours = rows.get(peer, {}).get("cpu_json"), on.get("cpu_json")
+        if theirs and ours:
+            ratio = theirs / ours
+            verdict_text = "met" if ratio >= goal else "**not met**"
+            out.append(
+                f"requests per CPU-second with governance on, JSON: {ratio:.2f}x "
+                f"{LABELS[peer]} (goal >= {goal:g}x: {verdict_text})"
+            )
+    return ["", *(f"- {line}" for line in out)] if out else []
 
 
 def load(d: Path) -> dict[str, Any]:
@@ -81,9 +168,8 @@ def load(d: Path) -> dict[str, Any]:
 
 
 def value(s: dict[str, Any], key: str, pin: str) -> float | None:
-    if key in s:
-        return s[key]
-    return s["pins"].get(pin, {}).get(key)
+    found = s[key] if key in s else s["pins"].get(pin, {}).get(key)
+    return None if found is None else float(found)
 
 
 def verdict(v: float | None, limit: float, kind: str) -> str:
@@ -185,7 +271,7 @@ def previous(d: Path, now: dict[str, Any]) -> dict[str, Any] | None:
     older = (p for p in d.parent.iterdir() if p.is_dir() and p.name < d.name)
     for p in sorted(older, reverse=True):
         if (p / "summary.json").exists():
-            old = json.loads((p / "summary.json").read_text())
+            old: dict[str, Any] = json.loads((p / "summary.json").read_text())
             if old.get("duration") == now.get("duration"):
                 return old
     return None
@@ -196,7 +282,10 @@ def main() -> int:
         raise SystemExit(__doc__)
     d = Path(sys.argv[1]).resolve()
     s = load(d)
+    table = load_comparison(d)
+    s["comparison"] = table
     (d / "summary.json").write_text(json.dumps(s, indent=1))
+    print("\n".join([*render_side_by_side(table), ""]))
     print(render(s, previous(d, s)))
     return 0
 

@@ -697,8 +697,6 @@ def _lower_server(spec: dict[str, Any]) -> ServerSettings:
             }
         ),
         health=HealthSettings(
-            required=tuple(
-                (spec.get("health") or {}).get("required", HealthSettings().required)
-            )
+            required=tuple((spec.get("health") or {}).get("required", HealthSettings().required))
         ),
     )

@@ -643,9 +643,7 @@ class _Call:
             ("cache-control", "no-cache"),
         ]
         outcome = self._outcome(200, headers, b"", upstream, model_name)
-        outcome.stream = _relay_stream(
-            first, chunks, relay, reply.aclose, ctx, self.snap.redactor
-        )
+        outcome.stream = _relay_stream(first, chunks, relay, reply.aclose, ctx, self.snap.redactor)
         return outcome
 
     def _response_headers(

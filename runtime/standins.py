@@ -14,7 +14,7 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, cast
 
-from compiler.table import RouteTable, SecretRef
+from compiler.table import RouteTable, SecretRef, TlsSettings
 from runtime.auth import parse_hash
 from runtime.oauth import TokenSource
 
@@ -34,8 +34,10 @@ def secret_placeholder(ref: SecretRef) -> str:
 
 
 def mask_secrets(table: RouteTable) -> RouteTable:
-    """`table` with every `SecretRef` replaced by a literal placeholder, so preparing it reads no
-    environment variable or file and whatever it builds shows only placeholders."""
+    """`table` with every `SecretRef` replaced by a literal placeholder and TLS file names
+    dropped, so preparing it reads no environment variable or file (explain and route tests run
+    in CI, where neither secrets nor CA bundles exist) and what it builds shows
+    only placeholders."""
     masked: RouteTable = _mask(table, {})
     return masked
 
@@ -47,6 +49,8 @@ def _mask(value: Any, memo: dict[int, Any]) -> Any:
     out = value
     if isinstance(value, SecretRef):
         out = SecretRef(literal=secret_placeholder(value))
+    elif isinstance(value, TlsSettings):
+        out = TlsSettings(verify=value.verify)
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         changes = {}
         for f in dataclasses.fields(value):

@@ -465,6 +465,7 @@ routes:
 
 @pytest.fixture(scope="module")
 def http(upstream: MockUpstream) -> Iterator[httpx.Client]:
+    upstream.reset()  # NOTE: the session's server: an earlier module may have changed its settings
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("IL_TEST_GIGACHAT", GIGACHAT_CREDENTIALS)
         with (

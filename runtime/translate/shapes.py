@@ -17,7 +17,9 @@ Anthropic ``search_result``'s ``source`` is a URL, an image's an object) accepts
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
 
 import msgspec
 
@@ -313,14 +315,16 @@ class ResponsesRequest(msgspec.Struct):
     stream: bool | None = None
 
 
-REQUEST_SHAPES: Final[dict[str, type[msgspec.Struct]]] = {
-    "openai.chat": ChatRequest,
-    "openai.completions": CompletionRequest,
-    "openai.embeddings": EmbeddingRequest,
-    "openai.responses": ResponsesRequest,
-    "anthropic.messages": MessagesRequest,
-    "anthropic.count_tokens": MessagesRequest,
-}
+REQUEST_SHAPES: Mapping[str, type[msgspec.Struct]] = MappingProxyType(
+    {
+        "openai.chat": ChatRequest,
+        "openai.completions": CompletionRequest,
+        "openai.embeddings": EmbeddingRequest,
+        "openai.responses": ResponsesRequest,
+        "anthropic.messages": MessagesRequest,
+        "anthropic.count_tokens": MessagesRequest,
+    }
+)
 
 _AT = " - at `$"
 
