@@ -16,14 +16,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from compiler.table import CompiledModel, CompiledRoute, LimitPolicy, RouteTable
 from runtime.errors import GatewayError, is_anthropic
+from runtime.ids import unique_suffix
 from runtime.request import RequestContext
 from runtime.state.limits import Check, CheckState, Limiter, Settlement, Verdict
 from runtime.translate.anthropic import estimate_tokens
@@ -100,35 +99,61 @@ def plan_limits(
     policies = applicable_policies(table, route, ctx)
     if not policies:
         return None
-    tokens, cost = _reservation(ctx, model, policies)
-    day = _day(now) if any(p.has_budget for p in policies) else ""
+    shapes = [_shape(policy) for policy in policies]
+    tokens, cost = _reservation(ctx, model) if any(s.counts_tokens for s in shapes) else (0, 0.0)
+    day = _day(now) if any(s.has_budget for s in shapes) else ""
+    amounts = {"one": 1.0, "tokens": float(tokens), "cost": cost}
     checks: list[Guarded] = []
-    for policy in policies:
-        base = f"{policy.state_id}:{{}}:{scope_value(policy, ctx)}"
-        for field, limit, kind, amount, window in (
-            ("rpm", policy.rpm, "rate", 1.0, _MINUTE),
-            ("tpm", policy.tpm, "rate", float(tokens), _MINUTE),
-            (
-                "concurrent_streams",
-                policy.concurrent_streams if ctx.stream else None,
-                "slots",
-                1.0,
-                SLOT_TTL_S,
-            ),
-            ("tokens_per_day", policy.tokens_per_day, "budget", float(tokens), _DAY_TTL),
-            ("tokens_per_month", policy.tokens_per_month, "budget", float(tokens), _MONTH_TTL),
-            ("cost_per_day", policy.cost_per_day, "budget", cost, _DAY_TTL),
-            ("cost_per_month", policy.cost_per_month, "budget", cost, _MONTH_TTL),
-        ):
-            if limit is None:
+    for policy, shape in zip(policies, shapes, strict=True):
+        scope = scope_value(policy, ctx)
+        for field, limit, kind, amount, window, calendar in shape.fields:
+            if kind == "slots" and not ctx.stream:
                 continue
-            key = base.format(field)
-            if field.endswith("_day"):
-                key += f":{day}"
-            elif field.endswith("_month"):
-                key += f":{day[:7]}"
-            checks.append(Guarded(policy.name, field, Check(kind, key, limit, amount, window)))
+            key = f"{policy.state_id}:{field}:{scope}"
+            if calendar:
+                key += f":{day if calendar == 'day' else day[:7]}"
+            checks.append(
+                Guarded(policy.name, field, Check(kind, key, limit, amounts[amount], window))
+            )
     return LimitPlan(tuple(checks), tokens, cost) if checks else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """A policy's configured limits in check order: (field, limit, kind, amount, window,
+    calendar), where amount is one | tokens | cost and calendar is "", day or month."""
+
+    fields: tuple[tuple[str, float, str, str, float, str], ...]
+    has_budget: bool
+    counts_tokens: bool
+
+
+_SHAPES: dict[str, _Shape] = {}  # by policy state id (which changes with the policy)
+
+
+def _shape(policy: LimitPolicy) -> _Shape:
+    """PERF: built once per policy, not per request (an lru_cache would hash the policy)."""
+    found = _SHAPES.get(policy.state_id)
+    if found is not None:
+        return found
+    if len(_SHAPES) > 4096:  # NOTE: policies of long-gone tables
+        _SHAPES.clear()
+    candidates = (
+        ("rpm", policy.rpm, "rate", "one", _MINUTE, ""),
+        ("tpm", policy.tpm, "rate", "tokens", _MINUTE, ""),
+        ("concurrent_streams", policy.concurrent_streams, "slots", "one", SLOT_TTL_S, ""),
+        ("tokens_per_day", policy.tokens_per_day, "budget", "tokens", _DAY_TTL, "day"),
+        ("tokens_per_month", policy.tokens_per_month, "budget", "tokens", _MONTH_TTL, "month"),
+        ("cost_per_day", policy.cost_per_day, "budget", "cost", _DAY_TTL, "day"),
+        ("cost_per_month", policy.cost_per_month, "budget", "cost", _MONTH_TTL, "month"),
+    )
+    fields = tuple(
+        (field, float(limit), kind, amount, window, calendar)
+        for field, limit, kind, amount, window, calendar in candidates
+        if limit is not None
+    )
+    shape = _SHAPES[policy.state_id] = _Shape(fields, policy.has_budget, policy.counts_tokens)
+    return shape
 
 
 _MAX_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -138,20 +163,17 @@ def _day(now: float) -> str:
     return dt.datetime.fromtimestamp(now, dt.UTC).date().isoformat()
 
 
-def _reservation(
-    ctx: RequestContext, model: CompiledModel, policies: Sequence[LimitPolicy]
-) -> tuple[int, float]:
+def _reservation(ctx: RequestContext, model: CompiledModel) -> tuple[int, float]:
     """Tokens and cost reserved at admission: the prompt's estimate (the body's size / 4, an
     over-estimate) plus the client's `max_tokens` (or `max_completion_tokens`,
     `max_output_tokens`) when it set one."""
-    if not any(p.counts_tokens for p in policies):
-        return 0, 0.0
+    # PERF: the body's size / 4 over-estimates the prompt without walking the messages; a
+    # route's edits change the size by a few bytes
+    prompt = estimate_tokens(len(ctx.raw))
     if ctx.body_decoded:  # NOTE: a route edited the body (max_tokens may be clamped): read it
-        prompt = estimate_tokens(ctx.prompt_chars())
         source: Any = ctx.body()
         most = next((source.get(f) for f in _MAX_FIELDS if source.get(f)), 0)
-    else:  # PERF: no decode (it would also cost the zero-copy forward): size / 4 over-estimates
-        prompt = estimate_tokens(len(ctx.raw))
+    else:  # PERF: no decode (it would also cost the zero-copy forward)
         most = next(
             (getattr(ctx.head, f, None) for f in _MAX_FIELDS if getattr(ctx.head, f, None)), 0
         )
@@ -175,29 +197,30 @@ class Admission:
         (`style` api), CF-X's ``X-RateLimit-*`` for requests (x-ratelimit), both, or none."""
         if self.verdict is None or self.style == "none":
             return []
+        tightest: dict[str, CheckState] = {}  # rpm / tpm -> the check with the least left
+        for guarded, state in zip(self.plan.checks, self.verdict.states, strict=True):
+            field = guarded.field
+            if field in _FAMILIES:
+                best = tightest.get(field)
+                if best is None or state.remaining < best.remaining:
+                    tightest[field] = state
         out: list[tuple[str, str]] = []
-        for family, fields in (("requests", ("rpm",)), ("tokens", ("tpm",))):
-            state = self._tightest(fields)
-            if state is None:
+        for field, family in _FAMILIES.items():
+            found = tightest.get(field)
+            if found is None:
                 continue
             if self.style in ("api", "both"):
-                out += _rate_headers(api, family, state)
+                out += _rate_headers(api, family, found)
             if self.style in ("x-ratelimit", "both") and family == "requests":
                 out += [
-                    ("x-ratelimit-limit", _number(state.limit)),
-                    ("x-ratelimit-remaining", _number(state.remaining)),
-                    ("x-ratelimit-reset", str(math.ceil(state.reset_s))),
+                    ("x-ratelimit-limit", _number(found.limit)),
+                    ("x-ratelimit-remaining", _number(found.remaining)),
+                    ("x-ratelimit-reset", str(math.ceil(found.reset_s))),
                 ]
         return out
 
-    def _tightest(self, fields: Sequence[str]) -> CheckState | None:
-        assert self.verdict is not None
-        found = [
-            state
-            for guarded, state in zip(self.plan.checks, self.verdict.states, strict=True)
-            if guarded.field in fields
-        ]
-        return min(found, key=lambda s: s.remaining) if found else None
+
+_FAMILIES = {"rpm": "requests", "tpm": "tokens"}
 
 
 def _rate_headers(api: str, family: str, state: CheckState) -> list[tuple[str, str]]:
@@ -218,7 +241,8 @@ def _rate_headers(api: str, family: str, state: CheckState) -> list[tuple[str, s
 
 
 def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:.6f}".rstrip("0")
+    whole = int(value)
+    return str(whole) if whole == value else f"{value:.6f}".rstrip("0")
 
 
 async def admit(
@@ -233,7 +257,7 @@ async def admit(
     """Admit or raise the 429 (or, when the backend fails and `on_error` is ``deny``, a 503)."""
     try:
         # NOTE: not the request id alone: a client may send the same x-request-id twice
-        hold = f"{ctx.request_id}:{os.urandom(6).hex()}"
+        hold = f"{ctx.request_id}:{unique_suffix()}"
         verdict = await limiter.admit(hold, [g.check for g in plan.checks], now)
     except Exception as exc:
         if on_error == "deny":

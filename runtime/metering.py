@@ -16,13 +16,13 @@ A `Trace` carries what the ledger records about a request as the pipeline learns
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from runtime.ids import unique_suffix
 from runtime.sse import SSEDecoder
 from runtime.state.ledger import UsageRecord
 from runtime.translate.anthropic import estimate_tokens
@@ -401,7 +401,7 @@ def build_record(
     key = ctx.api_key
     now = time.perf_counter()
     return UsageRecord(
-        id=f"{time.time_ns():016x}{os.urandom(6).hex()}",  # PERF: time-ordered: index appends
+        id=f"{time.time_ns():016x}{unique_suffix()}",  # PERF: time-ordered: index appends
         ts=time.time(),
         request_id=ctx.request_id,
         api=ctx.api,

@@ -142,9 +142,15 @@ class MemoryLimiter:
             return Verdict(False, tuple(states), refused)
         for check in checks:
             self._apply(request_id, check, now)
-        return Verdict(True, tuple(CheckState(c.limit, *self._state(c, now)) for c in checks))
+        return Verdict(
+            True, tuple(self._after(c, s, now) for c, s in zip(checks, states, strict=True))
+        )
 
     async def settle(self, request_id: str, settlements: Sequence[Settlement], now: float) -> None:
+        self.settle_now(request_id, settlements, now)
+
+    def settle_now(self, request_id: str, settlements: Sequence[Settlement], now: float) -> None:
+        """`settle` without a coroutine: the gateway calls it in place of a background task."""
         for settlement in settlements:
             check = settlement.check
             if check.kind == "rate":
@@ -161,9 +167,19 @@ class MemoryLimiter:
     async def close(self) -> None:
         return None
 
+    def _after(self, check: Check, before: CheckState, now: float) -> CheckState:
+        """The state of `check` once its amount was added to `before` (no second expiry pass)."""
+        used = before.used + check.amount
+        reset = 0.0
+        if check.kind == "rate" and used + check.amount > check.limit:
+            reset = self._windows[check.key].reset_s(now, check.window_s, check.limit, check.amount)
+        return CheckState(check.limit, used, reset)
+
     def _state(self, check: Check, now: float) -> tuple[float, float]:
         if check.kind == "rate":
-            window = self._windows.setdefault(check.key, _Window())
+            window = self._windows.get(check.key)
+            if window is None:  # NOTE: not setdefault: that would build a _Window every call
+                window = self._windows[check.key] = _Window()
             window.expire(now, check.window_s)
             return window.total, window.reset_s(now, check.window_s, check.limit, check.amount)
         if check.kind == "budget":
