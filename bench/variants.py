@@ -1,9 +1,9 @@
 """What-if: the same gateway (same config, same pipeline code) with a different HTTP server or
 upstream transport, measured side by side. Evidence for hot-path decisions, not a product path.
 
-    serve    run the gateway with --server hypercorn|uvicorn and --transport httpx|aiohttp
-             (monkeypatches `runtime.upstream.make_client`; uvicorn uses httptools + uvloop);
-             --transport floor serves no gateway at all: a bare uvicorn + aiohttp pass-through
+    serve    run the gateway with --server hypercorn|uvicorn (uvicorn uses httptools + uvloop);
+             --transport floor serves no gateway at all: a bare aiohttp pass-through on that
+             server, the least a Python proxy on that server stack costs here
     compare  start each variant in turn, drive it with wrk (JSON c=1 and c=32, stream c=8) on the
              gateway's own CPU (pinned), and print CPU µs/request, req/s and p50/p99 as markdown
 
@@ -28,43 +28,13 @@ CONFIG = REPO / "bench" / "interlock-bench.yaml"
 SHARED_BENCH = Path(os.environ.get("SHARED_BENCH", REPO.parent / "shared" / "bench"))
 KEY = "sk-bench-0123456789abcdef"
 VARIANTS = (
-    ("hypercorn", "httpx"),
-    ("hypercorn", "aiohttp"),
-    ("uvicorn", "httpx"),
-    ("uvicorn", "aiohttp"),
+    ("hypercorn", "gateway"),
+    ("hypercorn", "floor"),
+    ("uvicorn", "gateway"),
     ("uvicorn", "floor"),
 )
 # "floor": no gateway at all, an ASGI app that forwards the body with a bare aiohttp session:
 # the least a Python proxy on this server stack costs here.
-
-
-def patch_transport(kind: str) -> None:
-    if kind == "httpx":
-        return
-    import httpx
-    from httpx_aiohttp import AiohttpTransport
-
-    import runtime.upstream as upstream_mod
-
-    def make_client(upstream):  # type: ignore[no-untyped-def]
-        timeouts, pool = upstream.timeouts, upstream.pool
-        limits = httpx.Limits(
-            max_connections=pool.max_connections,
-            max_keepalive_connections=pool.max_keepalive,
-            keepalive_expiry=pool.keepalive_expiry_s,
-        )
-        return httpx.AsyncClient(
-            base_url=upstream.base_url,
-            transport=AiohttpTransport(limits=limits, trust_env=False),
-            timeout=httpx.Timeout(
-                connect=timeouts.connect_s, read=timeouts.read_s, write=timeouts.read_s, pool=None
-            ),
-            limits=limits,
-            follow_redirects=False,
-            trust_env=False,
-        )
-
-    upstream_mod.make_client = make_client
 
 
 def floor_app(mock: str):  # type: ignore[no-untyped-def]
@@ -167,8 +137,19 @@ def serve(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(REPO))
     if args.extra_path:
         sys.path.append(args.extra_path)
-    if args.transport != "floor":
-        patch_transport(args.transport)
+    if args.server == "hypercorn" and args.transport == "floor":
+        import uvloop
+        from hypercorn.asyncio import serve as hypercorn_serve
+        from hypercorn.config import Config
+
+        from runtime.server import hypercorn_config
+
+        config: Config = hypercorn_config()
+        config.bind = [f"127.0.0.1:{args.port}"]
+        config.accesslog = config.errorlog = None
+        mock = f"http://127.0.0.1:{os.environ.get('MOCK_PORT', '18080')}"
+        uvloop.run(hypercorn_serve(floor_app(mock), config))
+        return 0
     if args.server == "hypercorn":
         from runtime.server import serve as interlock_serve
 
@@ -294,10 +275,7 @@ def compare(args: argparse.Namespace) -> int:
         f"Gateway pinned to CPU {args.pin}, wrk on CPU {os.environ.get('CLIENT_CPUS', '0')}, "
         f"{args.seconds} s per cell, same config and pipeline:\n"
     )
-    print(
-        "| server | upstream transport | mode | conns | req/s | p50 ms | p99 ms |"
-        " gateway CPU µs/req | errors |"
-    )
+    print("| server | app | mode | conns | req/s | p50 ms | p99 ms | gateway CPU µs/req | errors |")
     print("|---|---|---|---|---|---|---|---|---|")
     for s, t, mode, c, rps, p50, p99, cpu, errors in rows:
         print(f"| {s} | {t} | {mode} | {c} | {rps:.0f} | {p50} | {p99} | {cpu:.0f} | {errors} |")
@@ -309,7 +287,7 @@ def main() -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve")
     s.add_argument("--server", choices=("hypercorn", "uvicorn"), default="hypercorn")
-    s.add_argument("--transport", choices=("httpx", "aiohttp", "floor"), default="httpx")
+    s.add_argument("--transport", choices=("gateway", "floor"), default="gateway")
     s.add_argument("--port", type=int, default=18094)
     s.add_argument("--extra-path")
     c = sub.add_parser("compare")

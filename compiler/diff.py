@@ -44,6 +44,9 @@ _SETTINGS = (
 )
 
 
+_MAX_PATHS = 4  # setting paths named per changed upstream in a reload line
+
+
 @dataclass(frozen=True)
 class FieldChange:
     path: str  # dotted, e.g. "action.model"; "" for the item as a whole
@@ -103,13 +106,31 @@ def diff_tables(old: RouteTable, new: RouteTable) -> TableDiff:
 
 
 def describe_changes(diff: TableDiff) -> str:
-    """One line for logs: ``keys removed: agent-ci; routes changed: stage-plan``; names only."""
+    """One line for logs: ``keys removed: agent-ci; upstreams changed: demo (timeouts.read_s)``;
+    names, key ids and (for upstreams) the setting paths that changed, never a value."""
     if diff.empty:
         return "(none: only comments, order-neutral or environment changes)"
+    grouped: dict[str, dict[str, list[str]]] = {}
+    for change in diff.changes:
+        names = grouped.setdefault(change.section, {}).setdefault(change.kind, [])
+        names.append(_named_change(change))
     parts = []
-    for section, kinds in diff.summary().items():
+    for section, kinds in grouped.items():
         parts += [f"{section} {kind}: {', '.join(names)}" for kind, names in kinds.items()]
     return "; ".join(parts)
+
+
+def _named_change(change: Change) -> str:
+    """``demo (timeouts.read_s, retries)`` for a changed upstream, ``(order now: b, a)`` for
+    reordered routes; the bare name otherwise."""
+    if change.section == "routes" and change.name == "(order)" and change.fields:
+        return f"(order now: {', '.join(change.fields[0].after)})"
+    paths = [f.path.strip("()") for f in change.fields if f.path]  # "(inline secret)"
+    if change.section != "upstreams" or change.kind != "changed" or not paths:
+        return change.name
+    shown = ", ".join(paths[:_MAX_PATHS])
+    more = f", +{len(paths) - _MAX_PATHS} more" if len(paths) > _MAX_PATHS else ""
+    return f"{change.name} ({shown}{more})"
 
 
 def render_diff(diff: TableDiff) -> str:

@@ -434,7 +434,15 @@ def _lower_model(
         fallback_models=tuple(names.get(m, m) for m in fallback.get("models") or ()),
         fallback_on=frozenset(
             fallback.get(
-                "on", ("server_error", "timeout", "connect", "rate_limited", "circuit_open")
+                "on",
+                (
+                    "server_error",
+                    "timeout",
+                    "connect",
+                    "rate_limited",
+                    "circuit_open",
+                    "bad_response",
+                ),
             )
         ),
         capabilities=frozenset(spec.get("capabilities") or ()),

@@ -39,6 +39,7 @@ _encode = msgspec.json.Encoder().encode
 _FLUSH_EVERY_S = 0.2
 LOG_LEVEL_ENV = "INTERLOCK_LOG_LEVEL"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LIFECYCLE_LOGGER = "interlock.lifecycle"
 
 
 def configure_server_logging(level: str | None = None) -> None:
@@ -54,10 +55,39 @@ def configure_server_logging(level: str | None = None) -> None:
         handler.setFormatter(logging.Formatter("interlock: %(levelname)s %(message)s"))
         logger.addHandler(handler)
         logger.propagate = False  # NOTE: once, not again through the root logger
+    # NOTE: lifecycle lines are INFO yet shown at the default `warning`; only error/critical
+    # quiet them, so that existing scripts reading "reload ... ok" keep working.
+    lifecycle_log().setLevel(logging.INFO if logger.level <= logging.WARNING else logger.level)
 
 
 class _ServerLines(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler `configure_server_logging` installs (found again by its type)."""
+
+
+def lifecycle_log() -> logging.Logger:
+    """The logger of the server's lifecycle lines (``interlock: serving …``, ``interlock: reload
+    (watch) ok: …``), written as they are to the current stderr: ok and startup lines at INFO,
+    a rejected reload at ERROR. They show at the default level and below ``--log-level error``;
+    ``--log-level error`` keeps only the rejections."""
+    logger = logging.getLogger(LIFECYCLE_LOGGER)
+    if not any(isinstance(h, _LifecycleLines) for h in logger.handlers):
+        handler = _LifecycleLines()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+    return logger
+
+
+class _LifecycleLines(logging.Handler):
+    """Writes to `sys.stderr` as it is at each line (pytest's capture replaces it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # NOTE: logging must never raise into the server
+            self.handleError(record)
 
 
 class AccessLog:

@@ -50,7 +50,7 @@ from runtime.translate.unsupported import (
     RESPONSES_TO_CHAT,
     refuse_unsupported,
 )
-from runtime.upstream import UpstreamFailure
+from runtime.upstream import DEFAULT_MAX_BODY, UpstreamFailure
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
@@ -95,21 +95,23 @@ class Bridge:
         trace: Trace | None = None,
         request: Mapping[str, Any] | None = None,
         redactor: Redactor | None = None,
+        max_event: int = DEFAULT_MAX_BODY,
     ) -> Relay:
         """The relay for one stream. With a `trace` (the request is metered) the upstream is
         always asked for usage, the meter sees every event, and a usage chunk the client did
         not ask for is dropped. `request` (the client's decoded body) gives a translated
         Anthropic stream the prompt estimate its ``message_start`` reports. `redactor` masks
         secrets in the upstream's error events (the snapshot's; without one, credential
-        shapes only)."""
+        shapes only). `max_event` bounds one upstream event (``server.max_upstream_body_bytes``):
+        a larger one fails the stream with ``response_too_large``."""
         metered = trace is not None
         redactor = redactor if redactor is not None else Redactor(())
         if self.translator is None and not steps and (include_usage or not metered):
             if api == "openai.responses":
-                return ResponsesRawRelay(api, self.terminator, trace, redactor)
-            return RawRelay(api, self.terminator, trace, redactor)
+                return ResponsesRawRelay(api, self.terminator, trace, redactor, max_event)
+            return RawRelay(api, self.terminator, trace, redactor, max_event)
         if self.translator is None and not steps and trace is not None and api in _CHUNK_APIS:
-            return UsageStripRelay(api, self.terminator, trace, redactor)
+            return UsageStripRelay(api, self.terminator, trace, redactor, max_event)
         translator = None
         if self.translator is not None:
             prompt_tokens = 0
@@ -125,6 +127,7 @@ class Bridge:
             trace,
             include_usage,
             redactor=redactor,
+            max_event=max_event,
         )
 
     def error_body(
@@ -150,6 +153,14 @@ class Relay(Protocol):
 _TAIL_BYTES = 4096  # enough for the last event when it is an upstream's error event
 
 
+def _event_too_large(limit: int) -> UpstreamFailure:
+    return UpstreamFailure(
+        "bad_response",
+        f"an upstream stream event is larger than {limit} bytes (server.max_upstream_body_bytes)",
+        code="response_too_large",
+    )
+
+
 _CHUNK_APIS = frozenset({"openai.chat", "openai.completions"})
 _USAGE_OBJECT = (b'"usage":{', b'"usage": {')
 
@@ -160,14 +171,20 @@ class UsageStripRelay:
     dropped. PERF: events are found by their blank line; only an event holding a usage
     *object* is decoded (the other chunks carry ``"usage":null``)."""
 
-    __slots__ = ("_buf", "_meter", "_raw", "api")
+    __slots__ = ("_buf", "_max_event", "_meter", "_raw", "api")
 
     def __init__(
-        self, api: str, terminator: bytes, trace: Trace, redactor: Redactor | None = None
+        self,
+        api: str,
+        terminator: bytes,
+        trace: Trace,
+        redactor: Redactor | None = None,
+        max_event: int = DEFAULT_MAX_BODY,
     ) -> None:
         self.api = api
-        self._raw = RawRelay(api, terminator, trace, redactor)
+        self._raw = RawRelay(api, terminator, trace, redactor, max_event)
         self._meter = trace.meter
+        self._max_event = max_event
         self._buf = b""
 
     def feed(self, chunk: bytes) -> bytes:
@@ -176,6 +193,8 @@ class UsageStripRelay:
             data = data.replace(b"\r\n", b"\n")
         end = data.rfind(b"\n\n")
         if end < 0:
+            if len(data) > self._max_event:
+                raise _event_too_large(self._max_event)
             self._buf = data
             return b""
         ready, self._buf = data[: end + 2], data[end + 2 :]
@@ -216,7 +235,7 @@ class RawRelay:
     redacted. At the end it checks that the upstream stream ended properly: with ``[DONE]`` /
     ``message_stop``, or with an error event (then the stream's last event)."""
 
-    __slots__ = ("_held", "_redactor", "_tail", "_tap", "api", "terminator")
+    __slots__ = ("_held", "_max_event", "_redactor", "_tail", "_tap", "api", "terminator")
 
     def __init__(
         self,
@@ -224,9 +243,11 @@ class RawRelay:
         terminator: bytes,
         trace: Trace | None = None,
         redactor: Redactor | None = None,
+        max_event: int = DEFAULT_MAX_BODY,
     ) -> None:
         self.api = api
         self.terminator = terminator
+        self._max_event = max_event
         self._tail = b""
         self._held = bytearray()  # the start of an event whose end has not come yet
         self._redactor = redactor if redactor is not None else Redactor(())
@@ -250,18 +271,26 @@ class RawRelay:
             end = chunk.rfind(b"\n\n")
             if end < 0:
                 held += chunk
+                self._check_held()
                 return b""
             held += chunk[end + 2 :]
+            self._check_held()
             return redact_error_events(chunk[: end + 2], self._redactor)
         # PERF: a long event in many chunks is appended, and only its new bytes are searched
         start = len(held) - 1
         held += chunk
         end = held.rfind(b"\n\n", start)
         if end < 0:
+            self._check_held()
             return b""
         ready = bytes(held[: end + 2])
         del held[: end + 2]
         return redact_error_events(ready, self._redactor)
+
+    def _check_held(self) -> None:
+        if len(self._held) > self._max_event:
+            self._held.clear()
+            raise _event_too_large(self._max_event)
 
     def finish(self) -> bytes:
         rest = bytes(self._held).rstrip(b"\r\n")
@@ -320,8 +349,9 @@ class ResponsesRawRelay(RawRelay):
         terminator: bytes,
         trace: Trace | None = None,
         redactor: Redactor | None = None,
+        max_event: int = DEFAULT_MAX_BODY,
     ) -> None:
-        super().__init__(api, terminator, trace, redactor)
+        super().__init__(api, terminator, trace, redactor, max_event)
         self._ended = False
         self.sequence = 0
 
@@ -349,6 +379,7 @@ class EventRelay:
     __slots__ = (
         "_done",
         "_failed",
+        "_max_event",
         "_meter",
         "_ndjson",
         "_redactor",
@@ -373,9 +404,11 @@ class EventRelay:
         include_usage: bool = True,
         *,
         redactor: Redactor | None = None,
+        max_event: int = DEFAULT_MAX_BODY,
     ) -> None:
         self.api = api
         self.translator = translator
+        self._max_event = max_event
         self._redactor = redactor if redactor is not None else Redactor(())
         self.steps = steps
         self.terminator = terminator
@@ -434,6 +467,8 @@ class EventRelay:
                 events.extend(self._translate(event.event, data))
                 if self._failed:
                     break
+            if self._sse.pending > self._max_event:
+                raise _event_too_large(self._max_event)
         elif self._ndjson is not None:
             for line in self._ndjson.feed(chunk):
                 try:
@@ -450,6 +485,8 @@ class EventRelay:
                 events.extend(self._translate(None, data))
                 if self._failed:
                     break
+            if self._ndjson.pending > self._max_event:
+                raise _event_too_large(self._max_event)
         return events
 
     def _translate(self, name: str | None, data: Any) -> list[Event]:

@@ -27,11 +27,13 @@ from typing import Any
 import msgspec
 from starlette.types import Message, Send
 
+from compiler.headers import is_secret_header
 from runtime.metering import Meter
 from runtime.redaction import MASK, MIN_SECRET_LENGTH, Redactor
 from runtime.sse import SSEDecoder
 
-# SECURITY: values of these headers are never logged, whoever sent them.
+# SECURITY: values of these headers (and of any `is_secret_header` name: x-goog-api-key,
+# *-api-key, *-token, ...) are never logged, whoever sent them.
 CREDENTIAL_HEADERS = frozenset(
     {
         "authorization",
@@ -149,12 +151,17 @@ class Exchange:
         return out
 
 
+def is_credential_header(name: str) -> bool:
+    """Whether a header's value is never logged: ``x-goog-api-key`` -> True, ``accept`` -> False."""
+    lowered = name.lower()
+    return lowered in CREDENTIAL_HEADERS or is_secret_header(lowered)
+
+
 def client_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
     """The client's credential values (and the token of ``Bearer <token>``), longest first."""
     found: set[str] = set()
-    for name in CREDENTIAL_HEADERS:
-        value = headers.get(name)
-        if not value:
+    for name, value in headers.items():
+        if not value or not is_credential_header(name):
             continue
         found.add(value.strip())
         scheme, _, token = value.strip().partition(" ")
@@ -182,7 +189,7 @@ class Masker:
         out: dict[str, str] = {}
         for name, value in headers:
             key = name.lower()
-            shown = MASK if key in CREDENTIAL_HEADERS else self.text(value)
+            shown = MASK if is_credential_header(key) else self.text(value)
             out[key] = f"{out[key]}, {shown}" if key in out else shown
         return out
 

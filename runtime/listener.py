@@ -39,6 +39,7 @@ from hypercorn.typing import AppWrapper, LifespanState
 
 from compiler.table import ServerSettings
 from runtime.connections import GatewayConnection, refuse
+from runtime.redaction import Redactor
 
 log = logging.getLogger("interlock.server")
 
@@ -73,12 +74,14 @@ class Listener:
         *,
         settings: Callable[[], ServerSettings],
         end_requests: Callable[[], None],
+        redactor: Callable[[], Redactor] = lambda: Redactor(()),
     ) -> None:
         self.app = app
         self.config = config
         self.sockets = list(sockets)
         self.settings = settings
         self.end_requests = end_requests
+        self.redactor = redactor  # NOTE: the live snapshot's, for what reaches a log line
         self.context = WorkerContext(None)
         self.state: LifespanState = {}
         self.connections: set[asyncio.Task[None]] = set()
@@ -164,8 +167,9 @@ class Listener:
         if pending:
             done, _stuck = await asyncio.wait(pending, timeout=END_GRACE_S)
             for task in done:  # NOTE: retrieved, so the loop's teardown prints nothing
-                if not task.cancelled() and task.exception() is not None:
-                    log.warning("connection ended with %r", task.exception())
+                exc = None if task.cancelled() else task.exception()
+                if exc is not None:
+                    log.warning("connection ended with %s", self.redactor().text(repr(exc)))
 
 
 async def _stop_accepting(

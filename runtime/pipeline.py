@@ -622,6 +622,7 @@ class _Call:
         relay: Relay | None
         # NOTE: an Anthropic stream always carries usage; an OpenAI one only when asked
         include_usage = ctx.include_usage or is_anthropic(ctx.api)
+        max_event = self.snap.table.server.max_upstream_body_bytes
         if bridge is not None:
             relay = bridge.relay(
                 model=model_name,
@@ -631,11 +632,19 @@ class _Call:
                 trace=ctx.trace,
                 request=ctx.body() if ctx.body_decoded else None,
                 redactor=self.snap.redactor,
+                max_event=max_event,
             )
         else:  # the mock answers in the client's protocol already
             terminator = b"message_stop" if is_anthropic(ctx.api) else b"[DONE]"
             relay = EventRelay(
-                ctx.api, "sse", None, self.response_steps, terminator, ctx.trace, include_usage
+                ctx.api,
+                "sse",
+                None,
+                self.response_steps,
+                terminator,
+                ctx.trace,
+                include_usage,
+                max_event=max_event,
             )
         headers = self._response_headers(upstream, reply.headers)
         headers += [

@@ -17,7 +17,6 @@ import contextlib
 import errno
 import hashlib
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,9 +25,10 @@ from typing import Any
 
 from compiler import CompileResult, compile_config, compile_texts
 from compiler.diagnostics import Diagnostic, render_text
-from compiler.diff import diff_tables as semantic_diff
+from compiler.diff import TableDiff, describe_changes, diff_tables
 from compiler.loader import CONFIG_SUFFIXES
 from compiler.table import RouteTable
+from runtime.accesslog import lifecycle_log
 from runtime.app import Gateway
 from runtime.snapshot import Snapshot, SnapshotError, locate_snapshot_error, prepare_snapshot
 
@@ -50,7 +50,10 @@ class ReloadResult:
     skipped: bool = False  # bytes unchanged: nothing to do
     diagnostics: tuple[Diagnostic, ...] = ()
     error: str | None = None
+    # NOTE: by section (`compiler.diff`): ``{"keys": {"removed": [...]}, ...}``; names and key
+    # ids only, never a value; `described` is the same as one line for the log
     changes: Mapping[str, Any] = field(default_factory=dict)
+    described: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -99,12 +102,6 @@ def source_digest(path: Path) -> str | None:
     """`texts_digest` of the config as it is on disk now; None when it cannot be read."""
     texts = read_sources(path)
     return None if texts is None else texts_digest(texts)
-
-
-def diff_tables(old: RouteTable, new: RouteTable) -> dict[str, dict[str, list[str]]]:
-    """What a reload changes, by section (`compiler.diff`): ``{"keys": {"removed": [...]},
-    "routes": {"changed": [...]}, ...}``; names and key ids only, never a value."""
-    return semantic_diff(old, new).summary()
 
 
 class Reloader:
@@ -183,7 +180,7 @@ class Reloader:
                     )
                 )
             old = self.gateway.snapshot.table
-            changes = diff_tables(old, result.table)
+            diff = diff_tables(old, result.table)
             self.gateway.swap(snapshot)
             self.digest = digest
             self.successes += 1
@@ -196,7 +193,8 @@ class Reloader:
                     self.loaded_at,
                     version=result.table.version,
                     diagnostics=result.diagnostics,
-                    changes=changes,
+                    changes=diff.summary(),
+                    described=describe_changes(diff),
                 )
             )
 
@@ -228,7 +226,7 @@ class Reloader:
         )
         if not self._deferred:
             self._deferred = True
-            sys.stderr.write(f"interlock: reload ({trigger}) deferred: {message}\n")
+            lifecycle_log().warning(f"interlock: reload ({trigger}) deferred: {message}")
         return ReloadResult(
             trigger, False, time.time(), version=self.gateway.snapshot.table.version, error=message
         )
@@ -258,7 +256,7 @@ class Reloader:
             ):
                 await self.safe_reload("watch")
         except OSError as exc:  # NOTE: e.g. EMFILE: no inotify instance; the poll still works
-            sys.stderr.write(f"interlock: not watching {directory} ({exc}); polling instead\n")
+            lifecycle_log().warning(f"interlock: not watching {directory} ({exc}); polling instead")
             await poller
         finally:
             poller.cancel()
@@ -288,26 +286,16 @@ def _log_result(result: ReloadResult, table: RouteTable) -> None:
     if result.skipped:
         return
     if result.ok:
-        sys.stderr.write(
+        lifecycle_log().info(
             f"interlock: reload ({result.trigger}) ok: version {table.short_version}"
-            f" changes {_describe(result.changes)}\n"
+            f" changes {result.described or describe_changes(TableDiff(()))}"
         )
         return
-    sys.stderr.write(
+    lines = [
         f"interlock: reload ({result.trigger}) REJECTED; still serving version"
-        f" {table.short_version}\n"
-    )
+        f" {table.short_version}"
+    ]
     if result.error:
-        sys.stderr.write(f"  {result.error}\n")
-    for diagnostic in result.diagnostics:
-        sys.stderr.write(render_text(diagnostic) + "\n")
-
-
-def _describe(changes: Mapping[str, Any]) -> str:
-    if not changes:
-        return "(none: only comments, order-neutral or environment changes)"
-    parts = []
-    for section, kinds in changes.items():
-        for kind, names in kinds.items():
-            parts.append(f"{section} {kind}: {', '.join(names)}")
-    return "; ".join(parts)
+        lines.append(f"  {result.error}")
+    lines.extend(render_text(diagnostic) for diagnostic in result.diagnostics)
+    lifecycle_log().error("\n".join(lines))

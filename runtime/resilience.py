@@ -60,7 +60,6 @@ __all__ = [
     "UpstreamStats",
     "UpstreamStatsBook",
     "backoff_delay",
-    "classify_exception",
     "classify_status",
     "next_delay",
     "retry_after_seconds",
@@ -109,21 +108,6 @@ def classify_status(status: int) -> str | None:
     if status >= 500:
         return SERVER_ERROR
     return CLIENT_ERROR
-
-
-def classify_exception(exc: BaseException) -> str | None:
-    """The failure class of an exception raised while talking to an upstream with httpx.
-
-    None for anything that is not a transport failure (a bug, a cancellation): the caller should
-    let it propagate rather than fail over. Example: ``httpx.ReadTimeout("")`` -> ``"timeout"``.
-    """
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.ProxyError):
-        return CONNECT
-    if isinstance(exc, httpx.TimeoutException):
-        return TIMEOUT
-    if isinstance(exc, httpx.TransportError | httpx.DecodingError):
-        return BAD_RESPONSE
-    return None  # NOTE: httpx.StreamError (consumed, closed) is a bug of ours, not the upstream's
 
 
 def should_retry(policy: RetryPolicy, failure: str, status: int | None) -> bool:

@@ -26,13 +26,13 @@ from hypercorn.utils import wrap_app
 
 from compiler import CompileResult, compile_config
 from compiler.diagnostics import render_text
-from runtime.accesslog import configure_server_logging
+from runtime.accesslog import configure_server_logging, lifecycle_log
 from runtime.admin import admin_routes, count_reload
 from runtime.app import Gateway, create_app
 from runtime.listener import Listener
 from runtime.metrics import share_metrics, worker_exited
 from runtime.reload import Reloader
-from runtime.snapshot import SnapshotError, prepare_snapshot
+from runtime.snapshot import SnapshotError, locate_snapshot_error, prepare_snapshot
 
 if TYPE_CHECKING:
     from hypercorn.typing import ASGIFramework
@@ -90,15 +90,18 @@ def run_worker(config_path: str, binds: Sequence[str] | None, watch: bool) -> in
 
 async def serve_async(config_path: str, *, binds: Sequence[str] | None, watch: bool = True) -> int:
     result = compile_config(config_path)
-    report(result)
     if result.table is None:
+        report(result)
         sys.stderr.write(f"interlock: {config_path} is invalid; not starting\n")
         return 1
     try:
         snapshot = prepare_snapshot(result.table)
     except SnapshotError as exc:
+        # NOTE: the compiler's warning about the file becomes the located error, as on reload
+        report(locate_snapshot_error(result, exc))
         sys.stderr.write(f"interlock: cannot serve {config_path}: {exc}\n")
         return 1
+    report(result)
     table = result.table
     gateway = Gateway(snapshot)
     try:  # NOTE: managed keys are loaded before the first request, and checked against git's
@@ -127,11 +130,10 @@ async def serve_async(config_path: str, *, binds: Sequence[str] | None, watch: b
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     watcher = loop.create_task(reloader.watch(stop)) if watch else None
-    sys.stderr.write(
+    lifecycle_log().info(
         f"interlock: serving {config_path} (version {table.short_version}) on "
         + ", ".join(f"http://{b}" for b in listen)
         + ("" if watch else " (not watching for changes)")
-        + "\n"
     )
     app = create_app(gateway, admin_routes(gateway, reloader))
     config = hypercorn_config()
@@ -141,6 +143,7 @@ async def serve_async(config_path: str, *, binds: Sequence[str] | None, watch: b
         sockets,
         settings=lambda: gateway.snapshot.table.server,
         end_requests=gateway.end_requests,
+        redactor=lambda: gateway.snapshot.redactor,
     )
     try:
         await listener.serve(stop)
@@ -151,7 +154,7 @@ async def serve_async(config_path: str, *, binds: Sequence[str] | None, watch: b
                 await watcher
         await gateway.state.pool.aclose()
         gateway.access_log.close()
-    sys.stderr.write("interlock: stopped\n")
+    lifecycle_log().info("interlock: stopped")
     return 0
 
 

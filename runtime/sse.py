@@ -58,13 +58,14 @@ class SSEDecoder:
     ``[SSEEvent(event=None, data="a\\nb", id=None)]``.
     """
 
-    __slots__ = ("_buf", "_data", "_event", "_last_id", "_skip_lf", "_started")
+    __slots__ = ("_buf", "_data", "_data_size", "_event", "_last_id", "_skip_lf", "_started")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._skip_lf = False
         self._started = False
         self._data: list[bytes] = []
+        self._data_size = 0
         self._event: str | None = None
         self._last_id: str | None = None
 
@@ -100,11 +101,18 @@ class SSEDecoder:
                     events.append(event)
             elif line.startswith(b"data: "):
                 self._data.append(line[6:])
+                self._data_size += len(line)
             elif line.startswith(b"event: "):
                 self._event = line[7:].decode("utf-8", "replace") or None
             else:
                 self._process_field(line)
         return events
+
+    @property
+    def pending(self) -> int:
+        """Bytes held for the event not dispatched yet (its data lines and an unfinished line),
+        so a caller can bound one event. Example: after ``feed(b"data: abc")`` -> 9."""
+        return len(self._buf) + self._data_size
 
     def flush(self) -> list[SSEEvent]:
         """End of stream: process an unterminated last line and dispatch a pending event.
@@ -139,6 +147,7 @@ class SSEDecoder:
                 value = value[1:]
         if name == b"data":
             self._data.append(value)
+            self._data_size += len(line)
         elif name == b"event":
             self._event = value.decode("utf-8", "replace") or None
         elif name == b"id" and b"\0" not in value:
@@ -147,6 +156,7 @@ class SSEDecoder:
     def _dispatch(self) -> SSEEvent | None:
         data, event = self._data, self._event
         self._data = []
+        self._data_size = 0
         self._event = None
         if not data:
             return None
@@ -203,6 +213,11 @@ class NDJSONDecoder:
         parts = self._buf.split(b"\n")
         self._buf = parts.pop()
         return [stripped for part in parts if (stripped := bytes(part.strip()))]
+
+    @property
+    def pending(self) -> int:
+        """Bytes of the line not completed yet. Example: after ``feed(b'{"a"')`` -> 4."""
+        return len(self._buf)
 
     def flush(self) -> list[bytes]:
         """End of stream: the last line if it was not newline-terminated."""

@@ -112,9 +112,10 @@ def make_session(upstream: CompiledUpstream) -> aiohttp.ClientSession:
 
 
 def make_client(upstream: CompiledUpstream) -> httpx.AsyncClient:
-    """An httpx client with the upstream's TLS settings, for requests off the hot path (OAuth)."""
+    """An httpx client with the upstream's TLS settings, for requests off the hot path (OAuth).
+    It sends no ``User-Agent`` (httpx's own ``python-httpx/...`` would name the library)."""
     timeouts = upstream.timeouts
-    return httpx.AsyncClient(
+    client = httpx.AsyncClient(
         timeout=httpx.Timeout(
             connect=timeouts.connect_s, read=timeouts.read_s, write=None, pool=None
         ),
@@ -122,6 +123,8 @@ def make_client(upstream: CompiledUpstream) -> httpx.AsyncClient:
         follow_redirects=False,
         trust_env=False,
     )
+    client.headers.pop("user-agent", None)
+    return client
 
 
 def classify_failure(exc: BaseException, phase: str, upstream: CompiledUpstream) -> UpstreamFailure:
@@ -271,7 +274,7 @@ class UpstreamPool:
             return Reply(
                 response.status,
                 response_headers,
-                chunks=_chunks(response, upstream, self.max_body),
+                chunks=_chunks(response, upstream),
                 aclose=_closer(response),
             )
         try:
@@ -349,7 +352,7 @@ def _closer(response: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
 
 
 async def _chunks(
-    response: aiohttp.ClientResponse, upstream: CompiledUpstream, limit: int
+    response: aiohttp.ClientResponse, upstream: CompiledUpstream
 ) -> AsyncIterator[bytes]:
     """The raw body of a streamed response, chunk by chunk as it arrives; raises
     `UpstreamFailure` when it breaks off, stalls past ``read_s`` or outlives ``total_s`` (the

@@ -29,7 +29,9 @@ UPSTREAM_KEY = "sk-bodylog-upstream-key-9876543210"
 TENANT_TOKEN = "tenant-token-5f1e2d3c4b"
 ACCOUNT = "ACCT-482915"  # matched by the config's redact pattern
 SALT = "0123456789abcdef"
-SECRETS = (CLIENT_KEY, UPSTREAM_KEY, TENANT_TOKEN, ACCOUNT)
+GOOG_KEY = "AIza-bodylog-goog-key-24680"  # sent by the client, named like a credential
+TEAM_TOKEN = "team-token-13579-bodylog"
+SECRETS = (CLIENT_KEY, UPSTREAM_KEY, TENANT_TOKEN, ACCOUNT, GOOG_KEY, TEAM_TOKEN)
 WEATHER_TOOL: Any = {
     "type": "function",
     "function": {
@@ -134,10 +136,14 @@ def test_plain_openai_bodies_and_headers_are_logged_masked(
     gw = served(config(up, log))
     with openai_client(gw, "plain") as client:
         reply = client.chat.completions.create(
-            model="to-openai", messages=[{"role": "user", "content": PROMPT}]
+            model="to-openai",
+            messages=[{"role": "user", "content": PROMPT}],
+            extra_headers={"x-goog-api-key": GOOG_KEY, "x-team-token": TEAM_TOKEN},
         )
     assert reply.choices[0].message.content == f"echo: {PROMPT}"
     [line] = read_lines(log, 1)
+    assert line["request_headers"]["x-goog-api-key"] == "***"
+    assert line["request_headers"]["x-team-token"] == "***"
     sent = line["request_body"]
     assert '"model":"gpt-up"' in sent  # as sent upstream: the target's model name
     assert "my account is *** and the key is ***" in sent

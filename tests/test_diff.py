@@ -305,6 +305,6 @@ def test_a_reload_line_names_keys_limits_and_upstreams(
         r"^interlock: reload \(sighup\) ok: version \w+ changes (.+)$", start=mark
     )
     assert found.group(1) == (
-        "upstreams changed: demo; keys removed: batch; limits changed: per-key"
+        "upstreams changed: demo (mock.reply); keys removed: batch; limits changed: per-key"
     )
     assert "b" * 64 not in server.log

@@ -297,6 +297,75 @@ def test_ledger_store_goes_away_and_comes_back(
         gw.stop()  # NOTE: while its store is reachable: closing the pool then takes no time
 
 
+def pg_behind(proxy: TcpProxy, pg_url: str) -> str:
+    host_port = pg_url.partition("@")[2].partition("/")[0]
+    return pg_url.replace(host_port, f"127.0.0.1:{proxy.port}")
+
+
+def pg_port(pg_url: str) -> int:
+    host_port = pg_url.partition("@")[2].partition("/")[0]
+    return int(host_port.rsplit(":", 1)[1]) if ":" in host_port else 5432
+
+
+def test_key_store_goes_away_and_comes_back(
+    served: Callable[[str], ServedGateway], pg_url: str
+) -> None:
+    """`auth.store` is required by default (`keys`): 503 while it is away, 200 once back."""
+    with TcpProxy(pg_port(pg_url)) as proxy:
+        config = json.loads(limits_config("redis://unused"))
+        del config["limits"]
+        config["auth"] = {"store": {"kind": "postgres", "url": pg_behind(proxy, pg_url)}}
+        config["server"] = {"health": {"required": ["keys"]}}
+        gw = served(json.dumps(config))
+        status, body = health(gw)
+        keys = body["components"]["keys"]
+        assert status == 200 and keys["ok"] is True and keys["kind"] == "postgres"
+        assert keys["required"] is True
+
+        proxy.down()
+        status, body = health(gw)
+        assert status == 503 and body["failing"] == ["keys"]
+        assert body["components"]["keys"]["ok"] is False
+        assert httpx.get(gw.url + "/readyz", timeout=5).status_code == 503
+        assert "postgresql://" not in json.dumps(body)  # the URL (and its password) never shows
+
+        proxy.up()
+        status, body = health(gw)
+        assert status == 200 and body["components"]["keys"]["ok"] is True
+        gw.stop()  # NOTE: while its store is reachable: closing the pool then takes no time
+
+
+def test_redis_cache_going_away_only_degrades(
+    served: Callable[[str], ServedGateway], redis_prefix: str
+) -> None:
+    """A cache backend is not required by default: away, /health is 200 `degraded` with the
+    cache component failing, and requests still pass (the cache misses)."""
+    port = int(REDIS_URL.rsplit(":", 1)[1].split("/")[0])
+    with TcpProxy(port) as proxy:
+        config = json.loads(limits_config("redis://unused"))
+        del config["limits"]
+        config["cache"] = {
+            "backend": {"kind": "redis", "url": f"redis://127.0.0.1:{proxy.port}/0"},
+            "policies": {"det": {"scope": "global"}},
+        }
+        gw = served(json.dumps(config))
+        status, body = health(gw)
+        cache = body["components"]["cache"]
+        assert status == 200 and body["status"] == "ok"
+        assert cache["ok"] is True and cache["kind"] == "redis" and cache["required"] is False
+
+        proxy.down()
+        status, body = health(gw)
+        cache = body["components"]["cache"]
+        assert status == 200 and body["status"] == "degraded" and body["failing"] == []
+        assert cache["ok"] is False and "Error" in cache["error"]
+        assert httpx.get(gw.url + "/readyz", timeout=5).status_code == 200
+
+        proxy.up()
+        status, body = health(gw)
+        assert status == 200 and body["status"] == "ok" and body["components"]["cache"]["ok"]
+
+
 def test_oauth_token_state_without_the_token(
     served: Callable[[str], ServedGateway],
     upstream_reset: MockUpstream,

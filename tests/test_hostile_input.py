@@ -38,7 +38,7 @@ from runtime.translate.unsupported import translate_dropping
 from tests.served import ServedGateway
 from tests.upstreams import GIGACHAT_CREDENTIALS, MockUpstream
 
-EXAMPLES = 60  # per direction over the socket (19 directions)
+EXAMPLES = 60  # per direction over the socket (21 directions)
 IN_PROCESS_EXAMPLES = 300  # per direction, straight into the translators
 JSON = {"content-type": "application/json"}
 IMAGE = "data:image/png;base64,iVBORw0KGgo="
@@ -234,7 +234,10 @@ DIRECTIONS = [
     ),
     Direction("openai.completions", "/v1/completions", "anthropic", COMPLETIONS),
     Direction("openai.completions", "/v1/completions", "ollama", COMPLETIONS),
-    Direction("openai.embeddings", "/v1/embeddings", "ollama", EMBEDDINGS),
+    *(
+        Direction("openai.embeddings", "/v1/embeddings", m, EMBEDDINGS)
+        for m in ("ollama", "gigachat")
+    ),
     Direction("openai.chat", CHAT_PATH, "mock", CHAT),
     Direction("anthropic.messages", MESSAGES_PATH, "mock", MESSAGES),
     Direction("anthropic.count_tokens", COUNT_PATH, "mock", COUNT_TOKENS),

@@ -149,7 +149,7 @@ def test_serve_refuses_with_the_file_located_and_no_traceback(tmp_path: Path) ->
         env={"PATH": "/usr/bin:/bin", "IL_TEST_MISSING_KEY": "sk-test"},
     )
     assert done.returncode == 1, done.stderr
-    assert f"{config}:7:22: warning file.missing: TLS CA bundle '{MISSING}'" in done.stderr
+    assert f"{config}:7:22: error file.missing: TLS CA bundle '{MISSING}'" in done.stderr
     assert f"cannot serve {config}: upstream 'corp': cannot read TLS CA bundle '{MISSING}'" in (
         done.stderr
     )

@@ -15,7 +15,6 @@ from runtime.resilience import (
     BreakerBook,
     CircuitBreaker,
     backoff_delay,
-    classify_exception,
     classify_status,
     next_delay,
     retry_after_seconds,
@@ -59,27 +58,6 @@ def test_failure_classes_match_the_compiler() -> None:
 )
 def test_classify_status(status: int, failure: str | None) -> None:
     assert classify_status(status) == failure
-
-
-@pytest.mark.parametrize(
-    ("exc", "failure"),
-    [
-        (httpx.ConnectError("refused"), "connect"),
-        (httpx.ConnectTimeout("slow"), "connect"),
-        (httpx.ReadTimeout("slow"), "timeout"),
-        (httpx.WriteTimeout("slow"), "timeout"),
-        (httpx.PoolTimeout("busy"), "timeout"),
-        (httpx.ReadError("reset"), "bad_response"),
-        (httpx.RemoteProtocolError("garbage"), "bad_response"),
-        (httpx.DecodingError("gzip"), "bad_response"),
-        (httpx.ProxyError("proxy down"), "connect"),
-        (httpx.StreamConsumed(), None),
-        (ValueError("bug"), None),
-        (KeyError("bug"), None),
-    ],
-)
-def test_classify_exception(exc: BaseException, failure: str | None) -> None:
-    assert classify_exception(exc) == failure
 
 
 @pytest.mark.parametrize(

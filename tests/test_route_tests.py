@@ -1,6 +1,8 @@
 """`interlock test`: every example's route tests pass with full route coverage (this is how CI
-runs them), a failing expectation fails readably, JUnit XML is well-formed, `--min-coverage`
-fails a suite that leaves routes unreached, and a broken tests file gets located errors."""
+runs them; the text output is pinned by tests/golden/test/, regenerated with
+INTERLOCK_UPDATE_GOLDEN=1), a failing expectation fails readably, JUnit XML is well-formed,
+`--min-coverage` fails a suite that leaves routes unreached, and a broken tests file gets located
+errors."""
 
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ import jsonschema
 import pytest
 
 from runtime.cli import main
+from tests.test_explain import check_golden
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+GOLDEN = ROOT / "tests" / "golden" / "test"
 SCHEMA = ROOT / "schemas" / "interlock-tests.schema.json"
 EXAMPLE_NAMES = sorted(
     p.stem for p in EXAMPLES.glob("*.yaml") if not p.name.endswith(".tests.yaml")
@@ -48,6 +52,7 @@ def test_every_example_passes_its_route_tests(
     out = capsys.readouterr().out
     assert code == 0, out
     assert "0 failed" in out and "(100%)" in out
+    check_golden(GOLDEN / f"{name}.txt", out)
     suite = ElementTree.parse(junit).getroot().find("testsuite")
     assert suite is not None and suite.get("failures") == "0"
 

@@ -1,24 +1,29 @@
 """Upstreams that break HTTP itself, served on raw loopback sockets: a non-HTTP status line, a bad
-chunk size, a reply far larger than `server.max_upstream_body_bytes`, a body that never ends.
-Each is a `bad_response`: a 502 in the caller's shape, retried and fallen back from; memory stays
-bounded. And the upstream client adds no `User-Agent` of its own.
+chunk size, a reply far larger than `server.max_upstream_body_bytes` (whole, or one endless stream
+event), a body that never ends, a reply that stalls after its headers. Each is a 502/504 in the
+caller's shape, retried and fallen back from; memory stays bounded. And neither upstream client
+adds a `User-Agent` of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
-import resource
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import aiohttp.client_exceptions
+import aiohttp.http_exceptions
 import anthropic
 import httpx
 import openai
 import pytest
 
-from tests.served import ServedGateway
+from runtime.upstream import TRANSPORT_ERRORS, make_client
+from tests.served import ServedGateway, compile_yaml
 
 Behaviour = Callable[[asyncio.StreamWriter], Awaitable[None]]
 OK_BODY = json.dumps(
@@ -62,6 +67,38 @@ async def _huge(writer: asyncio.StreamWriter) -> None:
     for _ in range(300):
         writer.write(block)
         await writer.drain()
+
+
+async def _huge_chunked(writer: asyncio.StreamWriter) -> None:
+    """300 MB in chunks, no content-length: only a bounded read can stop it."""
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+    writer.write(b"transfer-encoding: chunked\r\n\r\n")
+    block = b" " * MIB
+    for _ in range(300):
+        writer.write(b"%x\r\n%s\r\n" % (len(block), block))
+        await writer.drain()
+    writer.write(b"0\r\n\r\n")
+
+
+async def _stall(writer: asyncio.StreamWriter) -> None:
+    """Headers, then silence."""
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(30)
+
+
+async def _endless_event(writer: asyncio.StreamWriter) -> None:
+    """A stream whose first event never ends: 8 MiB of one JSON string, no newline."""
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+    writer.write(b"transfer-encoding: chunked\r\n\r\n")
+    start = b'data: {"x":"'
+    writer.write(b"%x\r\n%s\r\n" % (len(start), start))
+    block = b"a" * (256 * 1024)
+    for _ in range(32):
+        writer.write(b"%x\r\n%s\r\n" % (len(block), block))
+        await writer.drain()
+    end = b'"}\n\ndata: [DONE]\n\n'
+    writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(end), end))
 
 
 async def _endless(writer: asyncio.StreamWriter) -> None:
@@ -123,9 +160,9 @@ def raw() -> Iterator[Callable[[Behaviour], RawUpstream]]:
     yield RawUpstream
 
 
-def _config(*urls: str, max_body: int | None = None, **route: Any) -> str:
+def _config(*urls: str, max_body: int | None = None, read_s: float = 5, **route: Any) -> str:
     upstreams = {
-        f"u{i}": {"kind": "openai-compatible", "base_url": url, "timeouts": {"read_s": 5}}
+        f"u{i}": {"kind": "openai-compatible", "base_url": url, "timeouts": {"read_s": read_s}}
         for i, url in enumerate(urls)
     }
     targets = [{"upstream": name, "model": "m"} for name in upstreams]
@@ -188,7 +225,43 @@ def test_broken_http_reaches_anthropic_clients_in_their_shape(
     assert isinstance(body, dict) and body["type"] == "error", body
 
 
-@pytest.mark.parametrize("behaviour", [_huge, _endless], ids=["300MB", "endless"])
+def _rss_kib() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+class RssPeak:
+    """The largest growth of this process's current RSS over its value at entry, sampled in a
+    thread while the block runs (``ru_maxrss`` is a lifetime peak: an earlier test's would hide
+    this one's)."""
+
+    def __enter__(self) -> RssPeak:
+        self.base = self.peak = _rss_kib()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.005):
+            self.peak = max(self.peak, _rss_kib())
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_kib())
+
+    @property
+    def growth_mib(self) -> float:
+        return (self.peak - self.base) / 1024
+
+
+@pytest.mark.parametrize(
+    "behaviour", [_huge, _huge_chunked, _endless], ids=["300MB", "300MB-chunked", "endless"]
+)
 def test_oversized_reply_is_refused_with_bounded_memory(
     served: Callable[[str], ServedGateway],
     raw: Callable[[Behaviour], RawUpstream],
@@ -196,13 +269,12 @@ def test_oversized_reply_is_refused_with_bounded_memory(
 ) -> None:
     big, good = raw(behaviour), raw(_ok)
     alone = served(_config(big.url, max_body=4 * MIB))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, peak so far
-    reply = _ask(alone)
+    with RssPeak() as rss:
+        reply = _ask(alone)
     assert reply.status_code == 502, reply.text
     assert reply.json()["error"]["code"] == "response_too_large"
     assert "max_upstream_body_bytes" in reply.json()["error"]["message"]
-    peak_growth_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    assert peak_growth_mib < 64, f"peak RSS grew by {peak_growth_mib:.0f} MiB"
+    assert rss.growth_mib < 64, f"RSS grew by {rss.growth_mib:.0f} MiB"
 
     both = served(_config(big.url, good.url, max_body=4 * MIB))
     assert _ask(both).json()["choices"][0]["message"]["content"] == "fine"
@@ -235,4 +307,114 @@ def test_no_default_user_agent_reaches_the_upstream(
     config["upstreams"]["u0"]["headers"] = ["quiet"]
     dropped = served(json.dumps(config))
     _ask(dropped, **{"user-agent": "my-app/1.0"})
+    assert "user-agent" not in up.requests[-1], up.requests[-1]
+
+
+def _stream_events(gw: ServedGateway, path: str, body: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The (event name, decoded data) of every event of a streamed reply."""
+    reply = httpx.post(f"{gw.url}{path}", json=body, timeout=30)
+    assert reply.status_code == 200, reply.text
+    events = []
+    for block in reply.text.split("\n\n"):
+        lines = block.splitlines()
+        name = next((line[7:] for line in lines if line.startswith("event: ")), "message")
+        data = "".join(line[6:] for line in lines if line.startswith("data: "))
+        if data and data != "[DONE]":
+            events.append((name, json.loads(data)))
+    return events
+
+
+def test_a_stream_event_over_the_bound_ends_in_an_error_event(
+    served: Callable[[str], ServedGateway], raw: Callable[[Behaviour], RawUpstream]
+) -> None:
+    gw = served(_config(raw(_endless_event).url, max_body=MIB))
+    with RssPeak() as rss:
+        events = _stream_events(
+            gw,
+            "/v1/chat/completions",
+            {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        )
+    assert [name for name, _ in events] == ["message"], events
+    error = events[0][1]["error"]
+    assert error["code"] == "response_too_large", error
+    assert "max_upstream_body_bytes" in error["message"]
+    assert rss.growth_mib < 64, f"RSS grew by {rss.growth_mib:.0f} MiB"
+
+    translated = _stream_events(  # NOTE: an Anthropic client: the translating relay's decoder
+        gw,
+        "/v1/messages",
+        {
+            "model": "m",
+            "stream": True,
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    )
+    assert translated[-1][0] == "error", translated
+    assert translated[-1][1]["type"] == "error"
+    assert "max_upstream_body_bytes" in translated[-1][1]["error"]["message"]
+
+
+def test_a_stalled_reply_is_a_timeout_that_fails_over(
+    served: Callable[[str], ServedGateway], raw: Callable[[Behaviour], RawUpstream]
+) -> None:
+    stalled, good = raw(_stall), raw(_ok)
+    alone = served(_config(stalled.url, read_s=0.3))
+    started = time.monotonic()
+    reply = _ask(alone)
+    assert reply.status_code == 504, reply.text
+    assert reply.json()["error"]["code"] == "upstream_timeout"
+    assert time.monotonic() - started < 5
+
+    both = served(_config(stalled.url, good.url, read_s=0.3))
+    assert _ask(both).json()["choices"][0]["message"]["content"] == "fine"
+    assert len(good.requests) == 1
+
+
+def test_a_broken_reply_falls_back_to_the_fallback_models_by_default(
+    served: Callable[[str], ServedGateway], raw: Callable[[Behaviour], RawUpstream]
+) -> None:
+    broken, good = raw(_not_http), raw(_ok)
+    config = json.loads(_config(broken.url, good.url))
+    config["models"] = {
+        "m": {"targets": [{"upstream": "u0", "model": "m"}], "fallback": {"models": ["spare"]}},
+        "spare": {"targets": [{"upstream": "u1", "model": "m"}]},
+    }
+    reply = _ask(served(json.dumps(config)))
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"] == "fine"
+    assert len(broken.requests) >= 1 and len(good.requests) == 1
+
+
+# NOTE: raised only by aiohttp's websocket client, which Interlock does not use
+_WEBSOCKET_ONLY = frozenset({aiohttp.client_exceptions.WSMessageTypeError})
+
+
+def test_every_aiohttp_client_exception_is_a_transport_error() -> None:
+    classes = [getattr(aiohttp.client_exceptions, n) for n in aiohttp.client_exceptions.__all__]
+    classes += [
+        c
+        for c in vars(aiohttp.http_exceptions).values()
+        if inspect.isclass(c) and c.__module__ == aiohttp.http_exceptions.__name__
+    ]
+    errors = [c for c in classes if inspect.isclass(c) and issubclass(c, BaseException)]
+    assert len(errors) > 30  # NOTE: the walk found aiohttp's classes, not an empty list
+    missed = [
+        c.__name__
+        for c in errors
+        if c not in _WEBSOCKET_ONLY and not issubclass(c, TRANSPORT_ERRORS)
+    ]
+    assert missed == []
+
+
+def test_oauth_token_requests_carry_no_user_agent(raw: Callable[[Behaviour], RawUpstream]) -> None:
+    up = raw(_ok)
+    table = compile_yaml(_config(up.url))
+    upstream = table.upstreams["u0"]
+
+    async def fetch() -> None:
+        async with make_client(upstream) as client:
+            await client.post(up.url + "/token", content=b"grant_type=client_credentials")
+
+    asyncio.run(fetch())
     assert "user-agent" not in up.requests[-1], up.requests[-1]

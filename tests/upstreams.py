@@ -951,6 +951,20 @@ def _render_gigachat_models(call: _Call) -> _Rendered:
     return _json_doc({"data": data, "object": "list"})
 
 
+def _render_gigachat_embeddings(call: _Call) -> _Rendered:
+    """GigaChat's embeddings answer: OpenAI's list, with a token count per input."""
+    data = [
+        {
+            "object": "embedding",
+            "index": index,
+            "embedding": _vector(text, 8),
+            "usage": {"prompt_tokens": max(1, _words(text))},
+        }
+        for index, text in enumerate(_embedding_inputs(call.body.get("input")))
+    ]
+    return _json_doc({"object": "list", "data": data, "model": call.model})
+
+
 def _render_gigachat_token(call: _Call) -> _Rendered:
     token, expires_at_ms = call.tokens.issue()
     return _json_doc({"access_token": token, "expires_at": expires_at_ms})
@@ -1025,6 +1039,7 @@ _ENDPOINTS: Final = (
         "gigachat", "/api/v1/chat/completions", "POST", "gigachat", _render_gigachat_chat, "opt_in"
     ),
     _Endpoint("gigachat", "/api/v1/models", "GET", "gigachat", _render_gigachat_models),
+    _Endpoint("gigachat", "/api/v1/embeddings", "POST", "gigachat", _render_gigachat_embeddings),
 )
 _TARGETS: Final = frozenset({*(e.path for e in _ENDPOINTS), *PROTOCOLS, "*"})
 _ANTHROPIC_ERRORS: Final = {
