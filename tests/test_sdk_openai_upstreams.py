@@ -524,12 +524,14 @@ def test_embeddings_to_an_anthropic_upstream_is_a_400_in_openai_shape(
 
 @pytest.mark.parametrize("api", ["completions", "embeddings"])
 def test_gigachat_refusing_an_api_reaches_the_client_in_openai_shape(
-    client: openai.OpenAI, api: str
+    client: openai.OpenAI, up: MockUpstream, api: str
 ) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
         if api == "completions":
             client.completions.create(model="to-gigachat", prompt="x")
         else:
+            # NOTE: the mock serves GigaChat embeddings; this one upstream refuses them
+            up.script("/api/v1/embeddings", Status(404, body={"status": 404, "message": "no"}))
             client.embeddings.create(model="to-gigachat", input="x")
 
     assert 400 <= caught.value.status_code < 500

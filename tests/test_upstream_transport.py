@@ -22,7 +22,8 @@ import httpx
 import openai
 import pytest
 
-from runtime.upstream import TRANSPORT_ERRORS, make_client
+from runtime.bridge import EventRelay, RawRelay
+from runtime.upstream import TRANSPORT_ERRORS, UpstreamFailure, make_client
 from tests.served import ServedGateway, compile_yaml
 
 Behaviour = Callable[[asyncio.StreamWriter], Awaitable[None]]
@@ -418,3 +419,23 @@ def test_oauth_token_requests_carry_no_user_agent(raw: Callable[[Behaviour], Raw
 
     asyncio.run(fetch())
     assert "user-agent" not in up.requests[-1], up.requests[-1]
+
+
+@pytest.mark.parametrize(
+    ("framing", "chunk"),
+    [
+        ("ndjson", b'{"x":"' + b"a" * 200),  # one line without its newline
+        ("sse", b"data: a\n" * 40),  # one event of many data lines, no blank line
+        ("raw", b"data: a\n" * 40),
+    ],
+)
+def test_relays_bound_one_event(framing: str, chunk: bytes) -> None:
+    relay: RawRelay | EventRelay
+    if framing == "raw":
+        relay = RawRelay("openai.chat", b"[DONE]", max_event=100)
+    else:
+        relay = EventRelay("openai.chat", framing, None, (), b"[DONE]", max_event=100)
+    assert relay.feed(chunk[:50]) == b""  # NOTE: under the bound: held, no error
+    with pytest.raises(UpstreamFailure) as caught:
+        relay.feed(chunk[50:])
+    assert caught.value.code == "response_too_large"
