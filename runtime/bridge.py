@@ -603,6 +603,7 @@ _MESSAGES_PARAMS = {
     "stop": "stop_sequences",
     "response_format": "output_config",
     "reasoning_effort": "thinking",
+    "parallel_tool_calls": "tool_choice.disable_parallel_tool_use",
 }
 
 
@@ -619,7 +620,9 @@ def _naming_client_params(
             if exc.param is None or exc.param not in names:
                 raise
             param = names[exc.param]
-            message = exc.message.replace(exc.param, param)
+            # NOTE: the last mention is the parameter ("no stop sequences: remove stop, ...")
+            head, _, tail = exc.message.rpartition(exc.param)
+            message = f"{head}{param}{tail}"
             raise TranslationError(message, param=param, droppable=exc.droppable) from None
 
     return run

@@ -693,6 +693,24 @@ RESPONSES_PART_REFUSED: list[tuple[dict[str, Any], str, str]] = [
         "gigachat",
         "input[5].call_id",
     ),
+    (  # chat tool messages carry text only: an image a function returned is not dropped
+        {
+            "input": [
+                user_item({"type": "input_text", "text": "x"}),
+                CALL,
+                {
+                    "type": "function_call_output",
+                    "call_id": "c1",
+                    "output": [
+                        {"type": "input_text", "text": "see"},
+                        {"type": "input_image", "image_url": PNG},
+                    ],
+                },
+            ]
+        },
+        "openai",
+        "input[2].output[1]",
+    ),
 ]
 
 
@@ -850,3 +868,62 @@ def test_a_refusal_through_chat_names_the_anthropic_field() -> None:
     assert bridge is not None and bridge.request is not None
     body, dropped = translate_dropping(bridge.request, {**MESSAGES, "stop_sequences": ["END"]})
     assert dropped == ("stop_sequences",) and "stop" not in body
+
+
+def test_images_a_tool_returned_follow_the_tool_message_for_chat_upstreams() -> None:
+    """Anthropic tool_result content is text only in a chat tool message; its images go into
+    the user message of the same turn, after the tool messages, instead of vanishing."""
+    image = {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"},
+    }
+    messages = [
+        {"role": "user", "content": "look"},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "t1",
+                    "content": [
+                        {"type": "text", "text": "a screenshot"},
+                        image,
+                    ],
+                },
+            ],
+        },
+    ]
+    sent = translate("anthropic.messages", "openai", {"messages": messages})
+    tool, after = sent["messages"][-2], sent["messages"][-1]
+    assert tool == {"role": "tool", "tool_call_id": "t1", "content": "a screenshot"}
+    assert after["role"] == "user"
+    assert after["content"] == [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}}
+    ]
+
+
+def test_anthropic_refusals_name_the_anthropic_field_and_drop_it() -> None:
+    """A chat-level refusal reached from an Anthropic request names the field the client sent
+    (and words the message right), and drop_unsupported removes that field."""
+    tools = [CLIENT_TOOL]
+    choice = {"type": "auto", "disable_parallel_tool_use": True}
+    bridge = bridge_for("anthropic.messages", "ollama", "openai-compatible")
+    assert bridge is not None and bridge.request is not None
+    body = {**MESSAGES, "tools": tools, "tool_choice": choice}
+    with pytest.raises(TranslationError) as caught:
+        bridge.request(body)
+    assert caught.value.param == "tool_choice.disable_parallel_tool_use"
+    sent, dropped = translate_dropping(bridge.request, body)
+    assert dropped == ("tool_choice.disable_parallel_tool_use",)
+    assert "parallel_tool_calls" not in sent
+
+    gigachat = bridge_for("anthropic.messages", "gigachat", "gigachat")
+    assert gigachat is not None and gigachat.request is not None
+    with pytest.raises(TranslationError) as stop:
+        gigachat.request({**MESSAGES, "stop_sequences": ["END"]})
+    assert stop.value.param == "stop_sequences"
+    assert "no stop sequences: remove stop_sequences" in stop.value.message

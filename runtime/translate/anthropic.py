@@ -32,9 +32,10 @@ other than a PDF or plain text in ``file_data`` raise `TranslationError` naming 
 Dropped Anthropic -> OpenAI: ``service_tier``, ``stop_sequence`` (which sequence matched),
 ``cache_control``, server tool blocks of earlier turns (server tools, ``mcp_servers``,
 ``container`` are refused by `runtime.translate.unsupported`), thinking blocks, tool_result
-``is_error`` and non-text tool_result content, ``cache_creation_input_tokens`` (counted into
-``prompt_tokens``). Images and documents by Anthropic file id, and documents by URL, raise
-`TranslationError` naming the block.
+``is_error``, ``cache_creation_input_tokens`` (counted into ``prompt_tokens``). Images and
+documents inside a tool_result follow the tool messages in the user message of the same turn
+(chat tool messages carry text only). Images and documents by Anthropic file id, and documents
+by URL, raise `TranslationError` naming the block.
 
 The stream translators live in `runtime.translate.anthropic_stream` and are re-exported here.
 """
@@ -552,13 +553,15 @@ def _user_to_openai(content: object, param: str) -> list[dict[str, Any]]:
         if kind == "tool_result":
             # NOTE: OpenAI wants tool messages right after the assistant's tool_calls, so they
             # go before any other content of the same Anthropic user turn.
+            result = block.get("content")
             out.append(
                 {
                     "role": "tool",
                     "tool_call_id": block.get("tool_use_id", ""),
-                    "content": text_of(block.get("content")),
+                    "content": text_of(result),
                 }
             )
+            parts.extend(_tool_result_media(result, f"{param}[{j}].content"))
         elif kind == "text":
             parts.append({"type": "text", "text": block.get("text") or ""})
         elif kind == "image":
@@ -567,6 +570,19 @@ def _user_to_openai(content: object, param: str) -> list[dict[str, Any]]:
             parts.extend(_document_part(block, f"{param}[{j}]"))
     if parts or not out:
         out.append({"role": "user", "content": parts})
+    return out
+
+
+def _tool_result_media(content: object, param: str) -> list[dict[str, Any]]:
+    """Images and documents a tool returned, as parts of the user message that follows the tool
+    messages: chat tool messages carry text only, and the model must still see them."""
+    out: list[dict[str, Any]] = []
+    for k, block in enumerate(content if isinstance(content, list) else ()):
+        kind = block.get("type") if isinstance(block, Mapping) else None
+        if kind == "image" and isinstance(block, Mapping):
+            out.append(_image_part(block.get("source"), f"{param}[{k}]"))
+        elif kind == "document" and isinstance(block, Mapping):
+            out.extend(_document_part(block, f"{param}[{k}]"))
     return out
 
 

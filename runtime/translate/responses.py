@@ -128,6 +128,7 @@ def _input_to_messages(value: object) -> list[dict[str, Any]]:
             _append_call(out, item)
         elif kind == "function_call_output":
             output = item.get("output")
+            _refuse_media_output(output, f"input[{i}].output")
             content = output if isinstance(output, str) else text_of(_parts_as_text(output))
             out.append(
                 {"role": "tool", "tool_call_id": item.get("call_id", ""), "content": content}
@@ -155,6 +156,19 @@ def _message_to_chat(item: Mapping[str, Any], param: str) -> dict[str, Any]:
         return {"role": "assistant", "content": text_of(_parts_as_text(content))}
     parts = [_part_to_chat(part, f"{param}.content[{j}]") for j, part in enumerate(content)]
     return {"role": role, "content": [part for part in parts if part is not None]}
+
+
+def _refuse_media_output(output: object, param: str) -> None:
+    """Chat tool messages carry text only: an image or file a function returned cannot follow
+    it there, and dropping it would change the answer."""
+    for k, part in enumerate(output if isinstance(output, list) else ()):
+        if isinstance(part, Mapping) and part.get("type") in ("input_image", "input_file"):
+            raise TranslationError(
+                f"a function_call_output with {part.get('type')} parts needs an upstream that "
+                "speaks the Responses API (chat tool messages carry text only); send it in a "
+                "user message instead",
+                param=f"{param}[{k}]",
+            )
 
 
 def _parts_as_text(parts: object) -> list[dict[str, Any]]:
