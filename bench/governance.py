@@ -93,6 +93,14 @@ VARIANTS = (
         "limits on, Redis",
         _LIMITS + '  backend: {kind: redis, url: "redis://127.0.0.1:6379/0"}\n',
     ),
+    Variant(
+        "all",
+        "key + limits (memory) + ledger (SQLite)",
+        _LIMITS
+        + "  backend: {kind: memory}\n"
+        + "usage:\n  store: {kind: sqlite, path: $tmp/usage.db}\n",
+        ledger="sqlite",
+    ),
 )
 BASELINE = VARIANTS[0]
 
