@@ -12,6 +12,7 @@ bytes into the client's stream bytes::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -216,17 +217,30 @@ class UsageStripRelay:
         return self._raw.failed
 
     def _strip(self, events: bytes) -> bytes:
-        kept = []
-        for event in events.split(b"\n\n"):
-            if any(marker in event for marker in _USAGE_OBJECT) and event.startswith(b"data: "):
-                try:
+        """`events` without the usage-only chunk. PERF: only the events around a usage marker
+        are looked at (the usage chunk is one event, usually the last before ``[DONE]``)."""
+        out = []
+        start = 0
+        while True:
+            at = min((i for m in _USAGE_OBJECT if (i := events.find(m, start)) >= 0), default=-1)
+            if at < 0:
+                break
+            begin = events.rfind(b"\n\n", start, at)
+            begin = start if begin < 0 else begin + 2
+            end = events.find(b"\n\n", at)
+            end = len(events) if end < 0 else end + 2
+            event = events[begin:end]
+            data = None
+            if event.startswith(b"data: "):
+                with contextlib.suppress(msgspec.DecodeError):
                     data = _decode(event[6:])
-                except msgspec.DecodeError:
-                    data = None
-                if self._meter.observe_event(self.api, None, data):
-                    continue
-            kept.append(event)
-        return b"\n\n".join(kept)
+            if self._meter.observe_event(self.api, None, data):
+                out.append(events[start:begin])
+            else:
+                out.append(events[start:end])
+            start = end
+        out.append(events[start:])
+        return b"".join(out)
 
 
 class RawRelay:

@@ -342,16 +342,24 @@ class RawTap:
             self.overflow = True
 
     def settle(self, api: str, meter: Meter) -> None:
-        if not self.chunks:
-            return
+        if not self.chunks or (meter.reported and meter.text is None):
+            return  # NOTE: a relay that strips the usage chunk has read it already
         if api.startswith("anthropic."):
             meter.observe_sse(api, self.chunks[:1], first_only=True)  # message_start
         tail = self.tail if self.overflow else b"".join(self.chunks[-8:])[-4096:]
-        meter.observe_sse(api, (tail,))
+        # PERF: only the tail's events that carry usage are decoded
+        meter.observe_sse(api, (_usage_events(tail),))
         if meter.reported and meter.text is None:
             return
         meter.reset_text()
         meter.observe_sse(api, (*self.chunks, self.tail) if self.overflow else self.chunks)
+
+
+def _usage_events(stream: bytes) -> bytes:
+    """The events of a piece of an SSE stream that mention usage, still framed as events."""
+    if b"\r" in stream:
+        stream = stream.replace(b"\r\n", b"\n")
+    return b"".join(e + b"\n\n" for e in stream.split(b"\n\n") if b'"usage"' in e)
 
 
 _TEXT_LIMIT = 65536

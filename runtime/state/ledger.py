@@ -116,7 +116,8 @@ class Ledger:
 
     `record` is all the hot path does: an append (or, when the queue is full, a count in
     `dropped` and a log line at most every 10 s). The writer wakes every `flush_s` or once a
-    batch is ready, writes up to `batch` records in one transaction, and on a store error keeps
+    batch is ready (so under load it writes at most one partial batch per `flush_s`), writes up
+    to `batch` records in one transaction, and on a store error keeps
     the batch and retries with backoff (0.2 s doubling to 30 s) while the queue holds the rest;
     the store skips ids it already has, so a retried batch is never counted twice. `close`
     drains everything, retrying for up to `close_timeout_s`, then closes the store. A second
@@ -219,12 +220,15 @@ class Ledger:
     async def _write_loop(self) -> None:
         delay = 0.2
         while True:
-            if not self._queue:
-                if self._closing:
-                    return
+            if len(self._queue) < self.batch and not self._closing:
+                # PERF: one write per `flush_s` under load, not one per write's duration: each
+                # write is a hop to the store's thread, paid for by the event loop
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.flush_s)
+            if not self._queue:
+                if self._closing:
+                    return
                 continue
             try:
                 await self._ensure_open()
