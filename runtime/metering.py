@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from runtime.ids import unique_suffix
-from runtime.sse import SSEDecoder
+from runtime.sse import SSEDecoder, lf_framing
 from runtime.state.ledger import UsageRecord
 from runtime.translate.anthropic import estimate_tokens
 
@@ -357,9 +357,8 @@ class RawTap:
 
 def _usage_events(stream: bytes) -> bytes:
     """The events of a piece of an SSE stream that mention usage, still framed as events."""
-    if b"\r" in stream:
-        stream = stream.replace(b"\r\n", b"\n")
-    return b"".join(e + b"\n\n" for e in stream.split(b"\n\n") if b'"usage"' in e)
+    events = lf_framing(stream).split(b"\n\n")
+    return b"".join(e + b"\n\n" for e in events if b'"usage"' in e)
 
 
 _TEXT_LIMIT = 65536

@@ -37,7 +37,7 @@ _SPACE = 0x20
 _BOM = b"\xef\xbb\xbf"
 
 
-@dataclass(slots=True)  # PERF: one per request; a frozen __init__ costs ~6x
+@dataclass(slots=True)  # PERF: one per event; a frozen __init__ costs ~6x
 class SSEEvent:
     """One dispatched event: ``event`` is None when the stream named none (the spec's "message")."""
 

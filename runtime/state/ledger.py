@@ -117,8 +117,8 @@ class Ledger:
     `record` is all the hot path does: an append (or, when the queue is full, a count in
     `dropped` and a log line at most every 10 s). The writer wakes every `flush_s` or once a
     batch is ready (so under load it writes at most one partial batch per `flush_s`), writes up
-    to `batch` records in one transaction, and on a store error keeps
-    the batch and retries with backoff (0.2 s doubling to 30 s) while the queue holds the rest;
+    to `batch` records in one transaction, and on a store error keeps the batch and retries
+    with backoff (0.2 s doubling to 30 s) while the queue holds the rest;
     the store skips ids it already has, so a retried batch is never counted twice. `close`
     drains everything, retrying for up to `close_timeout_s`, then closes the store. A second
     task prunes raw rows older than `retention_days` every hour.
