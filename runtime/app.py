@@ -31,7 +31,7 @@ from runtime.exchange import Exchange
 from runtime.health import HealthChecker, upstream_health
 from runtime.ids import unique_suffix
 from runtime.keys import ManagedKeys
-from runtime.metering import Trace, build_record
+from runtime.metering import Trace, build_record, measure_spend
 from runtime.metrics import Metrics
 from runtime.models_api import retrieve_model_endpoint
 from runtime.pipeline import GatewayState, Outcome, run_pipeline
@@ -164,35 +164,46 @@ class Gateway:
         trace, usage = ctx.trace, snap.table.usage
         if trace is None:
             return
+        fill, cache, ledger = trace.cache_fill, self.state.cache, self.ledger
+        answered = outcome is not None and outcome.status < 300
         try:
-            record = build_record(
-                ctx,
-                trace,
-                status=status,
-                error=error,
-                answered=outcome is not None and outcome.status < 300,
-                started=started,
-                version=snap.version,
-                log_prompts=usage is not None and usage.log_prompts,
-            )
+            spend = measure_spend(ctx, trace, answered=answered)
+            record = None
+            if ledger is not None or fill is not None:  # PERF: limits need only the spend
+                record = build_record(
+                    ctx,
+                    trace,
+                    spend,
+                    status=status,
+                    error=error,
+                    started=started,
+                    version=snap.version,
+                    log_prompts=usage is not None and usage.log_prompts,
+                )
         except Exception:  # NOTE: accounting must never fail a request
             _LOG.exception("usage record for request %s failed", ctx.request_id)
             return
-        if self.ledger is not None:
-            self.ledger.record(record)
-        self.metrics.observe_usage(record)
+        if ledger is not None and record is not None:
+            ledger.record(record)
+        model, key = trace.model, ctx.api_key
+        self.metrics.observe_usage(
+            model.name if model is not None else None,
+            ctx.upstream,
+            key.id if key is not None else None,
+            spend,
+        )
         if trace.admission is not None and self.state.limiter is not None:
             # NOTE: a cache hit counts as a request, not as tokens (its cost is 0 already)
-            tokens = 0 if record.cache_hit else record.input_tokens + record.output_tokens
-            settlements = trace.admission.plan.settlements(tokens=tokens, cost=record.cost)
+            tokens = 0 if trace.cache_hit else spend.input_tokens + spend.output_tokens
+            settlements = trace.admission.plan.settlements(tokens=tokens, cost=spend.cost)
             limiter, hold, now = self.state.limiter, trace.admission.hold, self.state.clock()
             if isinstance(limiter, MemoryLimiter):  # PERF: nothing to wait for, so no task
                 limiter.settle_now(hold, settlements, now)
             else:
                 self._background(limiter.settle(hold, settlements, now))
-        fill = trace.cache_fill
-        cache = self.state.cache
-        if fill is not None and cache is not None and status < 300 and record.error is None:
+        if fill is None or cache is None or record is None:
+            return
+        if status < 300 and record.error is None:
             self._background(fill_cache(cache, fill, record, self.state.cache_stats))
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:

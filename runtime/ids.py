@@ -14,10 +14,9 @@ import os
 
 
 class _Source:
-    __slots__ = ("counter", "pid", "prefix")
+    __slots__ = ("counter", "prefix")
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
         self.prefix = os.urandom(6).hex()
         self.counter = itertools.count()
 
@@ -25,9 +24,16 @@ class _Source:
 _source = _Source()
 
 
+def _reseed() -> None:
+    global _source
+    _source = _Source()
+
+
+# NOTE: a forked worker draws its own prefix (glibc's getpid() per id would be a system call)
+os.register_at_fork(after_in_child=_reseed)
+
+
 def unique_suffix() -> str:
     """18 hex digits unique within this process's lifetime (the counter wraps after 2**24)."""
-    global _source
-    if _source.pid != os.getpid():  # NOTE: a forked worker draws its own prefix
-        _source = _Source()
-    return f"{_source.prefix}{next(_source.counter) & 0xFFFFFF:06x}"
+    source = _source
+    return f"{source.prefix}{next(source.counter) & 0xFFFFFF:06x}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -364,20 +365,24 @@ def _usage_events(stream: bytes) -> bytes:
 _TEXT_LIMIT = 65536
 
 
-def build_record(
-    ctx: RequestContext,
-    trace: Trace,
-    *,
-    status: int,
-    error: str | None,
-    answered: bool,
-    started: float,
-    version: str,
-    log_prompts: bool,
-) -> UsageRecord:
-    """The ledger record of a finished request. `answered`: a 2xx answer (or stream) began, so
-    tokens were spent: counters the upstream did not report are estimated (chars / 4) and the
-    record is marked `estimated`. `started` is the request's `time.perf_counter()`."""
+@dataclass(slots=True)
+class Spend:
+    """What a finished request spent (see `measure_spend`); `cost` is in `currency` (None: the
+    model has no pricing)."""
+
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    cost: float
+    cost_saved: float
+    currency: str | None
+    estimated: bool
+
+
+def measure_spend(ctx: RequestContext, trace: Trace, *, answered: bool) -> Spend:
+    """The tokens and cost of a finished request. `answered`: a 2xx answer (or stream) began,
+    so tokens were spent: counters the upstream did not report are estimated (chars / 4) and
+    the spend is marked `estimated`."""
     meter = trace.meter
     if trace.raw_chunks is not None:
         trace.raw_chunks.settle(ctx.api, meter)
@@ -405,11 +410,29 @@ def build_record(
     cost_saved = 0.0
     if trace.cache_hit:  # NOTE: a cache hit spends nothing; it saves what its answer cost
         cost, cost_saved = 0.0, cost
-    key = ctx.api_key
-    now = time.perf_counter()
+    currency = pricing.currency if pricing is not None else None
+    tokens = (meter.input_tokens, meter.output_tokens, meter.cached_tokens)
+    return Spend(*tokens, cost, cost_saved, currency, estimated)
+
+
+def build_record(
+    ctx: RequestContext,
+    trace: Trace,
+    spend: Spend,
+    *,
+    status: int,
+    error: str | None,
+    started: float,
+    version: str,
+    log_prompts: bool,
+) -> UsageRecord:
+    """The ledger record of a finished request that spent `spend` (`measure_spend`). `started`
+    is the request's `time.perf_counter()`."""
+    key, model, text = ctx.api_key, trace.model, trace.meter.text
+    now_ns, now = time.time_ns(), time.perf_counter()
     return UsageRecord(
-        id=f"{time.time_ns():016x}{unique_suffix()}",  # PERF: time-ordered: index appends
-        ts=time.time(),
+        id=f"{now_ns:016x}{unique_suffix()}",  # PERF: time-ordered: index appends
+        ts=now_ns / 1e9,
         request_id=ctx.request_id,
         api=ctx.api,
         status=status,
@@ -423,18 +446,18 @@ def build_record(
         upstream_model=ctx.upstream_model,
         stream=ctx.stream,
         error=error or ctx.stream_error,
-        input_tokens=meter.input_tokens,
-        output_tokens=meter.output_tokens,
-        cached_tokens=meter.cached_tokens,
-        cost=cost,
-        currency=pricing.currency if pricing is not None else None,
-        estimated=estimated,
+        input_tokens=spend.input_tokens,
+        output_tokens=spend.output_tokens,
+        cached_tokens=spend.cached_tokens,
+        cost=spend.cost,
+        currency=spend.currency,
+        estimated=spend.estimated,
         latency_ms=round((now - started) * 1000, 3),
         ttfb_ms=round((trace.first_byte - started) * 1000, 3) if trace.first_byte else None,
         attempts=ctx.attempts,
         cache_hit=trace.cache_hit,
-        cost_saved=cost_saved,
+        cost_saved=spend.cost_saved,
         config_version=version,
         prompt=ctx.raw[:_TEXT_LIMIT].decode("utf-8", "replace") if log_prompts else None,
-        completion="".join(meter.text)[:_TEXT_LIMIT] if log_prompts and meter.text else None,
+        completion="".join(text)[:_TEXT_LIMIT] if log_prompts and text else None,
     )

@@ -45,7 +45,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 if TYPE_CHECKING:
     from runtime.caching import CacheStats
     from runtime.health import UpstreamHealth
-    from runtime.state.ledger import Ledger, UsageRecord
+    from runtime.metering import Spend
+    from runtime.state.ledger import Ledger
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -91,6 +92,7 @@ class Metrics:
         self._children: dict[tuple[str, int], Counter] = {}
         self._histograms: dict[str, Histogram] = {}
         self._usage: dict[tuple[str, str, str, str], tuple[Counter, ...]] = {}
+        self._usage_totals: dict[tuple[str, str, str, str], list[float]] = {}
         self._refusals: dict[str, int] = {}  # refusals counted so far, by policy
         self._mirrors = self._make_mirrors()
         self._version: str | None = None
@@ -255,29 +257,39 @@ class Metrics:
         if self.multiprocess:  # NOTE: another worker may answer the next scrape
             self.sync()
 
-    def observe_usage(self, record: UsageRecord) -> None:
-        """A metered request's tokens and cost, once, from its ledger record."""
-        labels = (record.model or "", record.upstream or "", record.key_id or "")
-        currency = record.currency or ""
-        children = self._usage.get((*labels, currency))
-        if children is None:
-            children = self._usage[(*labels, currency)] = (
-                self.usage_requests.labels(*labels),
-                self.usage_tokens.labels(*labels, "input"),
-                self.usage_tokens.labels(*labels, "output"),
-                self.usage_tokens.labels(*labels, "cached"),
-                self.usage_cost.labels(*labels, currency),
-            )
-        requests, input_tokens, output_tokens, cached_tokens, cost = children
-        requests.inc()
-        if record.input_tokens:
-            input_tokens.inc(record.input_tokens)
-        if record.output_tokens:
-            output_tokens.inc(record.output_tokens)
-        if record.cached_tokens:
-            cached_tokens.inc(record.cached_tokens)
-        if record.cost:
-            cost.inc(record.cost)
+    def observe_usage(
+        self, model: str | None, upstream: str | None, key_id: str | None, spend: Spend
+    ) -> None:
+        """A metered request's tokens and cost, once. PERF: kept in plain numbers here and
+        added to the counters by `sync`: on scrape, and multiprocess by `observe`, which
+        follows every request's settlement."""
+        labels = (model or "", upstream or "", key_id or "", spend.currency or "")
+        totals = self._usage_totals.get(labels)
+        if totals is None:
+            totals = self._usage_totals[labels] = [0, 0, 0, 0, 0.0]
+        totals[0] += 1
+        totals[1] += spend.input_tokens
+        totals[2] += spend.output_tokens
+        totals[3] += spend.cached_tokens
+        totals[4] += spend.cost
+
+    def _publish_usage(self) -> None:
+        for labels, totals in self._usage_totals.items():
+            if not totals[0]:
+                continue
+            children = self._usage.get(labels)
+            if children is None:
+                children = self._usage[labels] = (
+                    self.usage_requests.labels(*labels[:3]),
+                    self.usage_tokens.labels(*labels[:3], "input"),
+                    self.usage_tokens.labels(*labels[:3], "output"),
+                    self.usage_tokens.labels(*labels[:3], "cached"),
+                    self.usage_cost.labels(*labels),
+                )
+            for child, amount in zip(children, totals, strict=True):
+                if amount:
+                    child.inc(amount)
+            totals[:] = (0, 0, 0, 0, 0.0)
 
     def observe_ledger_write(self, records: int, seconds: float) -> None:
         self.ledger_write.observe(seconds)
@@ -298,6 +310,7 @@ class Metrics:
         at most every second) also the gauges of upstream state."""
         for mirror in self._mirrors:
             mirror.sync()
+        self._publish_usage()
         seen = self._refusals
         for policy, count in self.refusals_by_policy().items():
             if count > seen.get(policy, 0):

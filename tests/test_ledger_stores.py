@@ -218,6 +218,29 @@ def test_a_batch_with_some_stored_ids_adds_only_the_new_ones(backend: Backend) -
     assert report == expected_report([*first, *second], group_by=["key", "model"])
 
 
+@pytest.mark.parametrize("sizes", [(1, 255, 256), (257, 511), (1000, 3)])
+def test_batches_of_any_size_store_every_record_once(
+    backend: Backend, sizes: tuple[int, ...]
+) -> None:
+    # SQLite inserts in multi-row statements of 2**k rows (at most 256): sizes around them
+    batches, start = [], 0
+    for size in sizes:
+        batches.append(mixed(size, start=start))
+        start += size
+
+    async def main() -> tuple[list[UsageRecord], list[dict[str, Any]]]:
+        async with opened(backend.store()) as store:
+            for batch in batches:
+                await store.write(batch)
+            report = await store.report(since=None, until=None, group_by=["key"])
+            return await store.records(), report
+
+    stored, report = asyncio.run(main())
+    every = [r for batch in batches for r in batch]
+    assert stored == sorted(every, key=lambda r: (r.ts, r.id))
+    assert report == expected_report(every, group_by=["key"])
+
+
 # --- report -----------------------------------------------------------------------------------
 
 GROUPINGS = [

@@ -15,6 +15,7 @@ the raw rows whose id is new, then one upsert per daily group of exactly those r
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -112,10 +113,17 @@ _DAILY_CONFLICT = f"ON CONFLICT ({', '.join(_DAILY_KEY)}) DO UPDATE SET " + ", "
 _RECORDS_SELECT = f"SELECT {', '.join(_FIELDS)} FROM usage_records ORDER BY ts, id"
 _PRUNE = "DELETE FROM usage_records WHERE day < {}"
 
-_SQLITE_INSERT = (
-    f"INSERT INTO usage_records ({', '.join(_RECORD_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_RECORD_COLUMNS))}) ON CONFLICT (id) DO NOTHING"
-)
+# PERF: rows go in multi-row INSERTs of 2**k rows (at most 256, 7,936 parameters: under SQLite's
+# 32,766), so a batch of n rows takes n // 256 + popcount(n % 256) statements, each cached.
+# sqlite3 releases the GIL around every step: executemany stepped once per row, and under load
+# every step made the event loop's thread hand the GIL over and back (~10 µs per record).
+_SQLITE_CHUNKS = tuple(1 << k for k in range(8, -1, -1))
+_SQLITE_ROW = f"({', '.join('?' * len(_RECORD_COLUMNS))})"
+_SQLITE_INSERTS = {
+    size: f"INSERT INTO usage_records ({', '.join(_RECORD_COLUMNS)}) "
+    f"VALUES {', '.join([_SQLITE_ROW] * size)} ON CONFLICT (id) DO NOTHING"
+    for size in _SQLITE_CHUNKS
+}
 _SQLITE_EXISTING = "SELECT id FROM usage_records WHERE id IN (SELECT value FROM json_each(?))"
 _SQLITE_DAILY = (
     f"INSERT INTO usage_daily ({_DAILY_COLUMNS}) "
@@ -240,7 +248,12 @@ def _sqlite_write(conn: sqlite3.Connection, records: list[UsageRecord]) -> None:
         if not new:
             return
         rows, days = _record_rows(new)
-        conn.executemany(_SQLITE_INSERT, rows)
+        start = 0
+        for size in _SQLITE_CHUNKS:
+            while len(rows) - start >= size:
+                chunk = rows[start : start + size]
+                conn.execute(_SQLITE_INSERTS[size], list(itertools.chain.from_iterable(chunk)))
+                start += size
         conn.executemany(_SQLITE_DAILY, daily_rows(zip(new, days, strict=True)))
 
 
