@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import re
 from collections.abc import Callable
 from itertools import chain
 from typing import Any
 
 import h11
+from h11._headers import Headers, normalize_and_validate
 from hypercorn.asyncio.task_group import TaskGroup
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.events import Event, Updated
@@ -121,7 +122,8 @@ class GatewayProtocols(ProtocolWrapper):
 
 
 class _Connection(h11.Connection):
-    """h11's connection, remembering the parse error the protocol answers for."""
+    """h11's connection, remembering the parse error the protocol answers for, and framing a
+    streamed response to an HTTP/1.1 keep-alive peer without validating its headers again."""
 
     last_error: h11.RemoteProtocolError | None = None
 
@@ -131,6 +133,53 @@ class _Connection(h11.Connection):
         except h11.RemoteProtocolError as error:
             self.last_error = error
             raise
+
+    def _clean_up_response_headers_for_sending(self, response: h11.Response) -> h11.Response:
+        # PERF: h11 rebuilds a body of unknown length's headers twice (drop Content-Length, set
+        # Transfer-Encoding), validating every header each time: ~1 µs a header. The common
+        # case (no framing header, HTTP/1.1 peer, keep-alive, a body) only appends the one.
+        headers = response.headers
+        if (
+            isinstance(headers, Headers)
+            and self.their_http_version == b"1.1"
+            and self._request_method in (b"GET", b"POST")
+            and self._cstate.keep_alive
+            and response.status_code not in (204, 304)
+            and not any(name in _FRAMING for name, _ in headers)
+        ):
+            chunked = Headers([*headers._full_items, (b"Transfer-Encoding", *_CHUNKED)])
+            return h11.Response(headers=chunked, status_code=response.status_code, _parsed=True)
+        return super()._clean_up_response_headers_for_sending(response)
+
+
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+_CHUNKED = (b"transfer-encoding", b"chunked")
+_TOKENS = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_FORBIDDEN = re.compile(rb"[\x00\n\r\x0b\x0c]")
+
+
+def checked_headers(headers: list[tuple[bytes, bytes]]) -> Headers:
+    """h11's `Headers` for a response, validated as h11 would but in two regex passes over all
+    names and all values instead of two per header (PERF: ~1 µs a header, and the gateway sends
+    a dozen). Values come from Hypercorn, which strips surrounding whitespace. Anything the fast
+    check is unsure of (a framing header other than one plain Content-Length, a character h11
+    refuses) goes through h11's own `normalize_and_validate`, which raises as it always did."""
+    full = []
+    seen_length = False
+    for name, value in headers:
+        lower = name.lower()
+        if lower in _FRAMING:
+            if lower == b"transfer-encoding" or seen_length or not value.isdigit():
+                return normalize_and_validate(headers)
+            seen_length = True
+        full.append((name, lower, value))
+    names = b"".join([name for name, _ in headers])
+    values = b"".join([value for _, value in headers])
+    if not all(name for name, _ in headers) or (not _TOKENS.fullmatch(names) and names):
+        return normalize_and_validate(headers)
+    if _FORBIDDEN.search(values) is not None:
+        return normalize_and_validate(headers)
+    return Headers(full)
 
 
 class GatewayH11(H11Protocol):
@@ -143,14 +192,18 @@ class GatewayH11(H11Protocol):
         )
 
     async def stream_send(self, event: StreamEvent) -> None:
+        if not isinstance(event, Response) or event.status_code < 200:
+            await super().stream_send(event)
+            return
+        # NOTE: Hypercorn's own Response branch, with the headers checked once (`checked_headers`)
+        headers = [*event.headers, *self.config.response_headers("h11")]
         if (
-            isinstance(event, Response)
-            and event.status_code >= 200
-            and self.context.terminated.is_set()
+            self.keep_alive_requests >= self.config.keep_alive_max_requests
+            or self.context.terminated.is_set()  # tells a keep-alive client to go elsewhere
         ):
-            # NOTE: tells a keep-alive client not to send its next request here
-            event = dataclasses.replace(event, headers=[*event.headers, (b"connection", b"close")])
-        await super().stream_send(event)
+            headers.append((b"connection", b"close"))
+        response = h11.Response(headers=checked_headers(headers), status_code=event.status_code)
+        await self._send_h11_event(response)
 
     async def _send_error_response(self, status_code: int) -> None:
         connection = self.connection
