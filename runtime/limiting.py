@@ -100,8 +100,12 @@ def plan_limits(
     if not policies:
         return None
     shapes = [_shape(policy) for policy in policies]
-    tokens, cost = _reservation(ctx, model) if any(s.counts_tokens for s in shapes) else (0, 0.0)
-    day = _day(now) if any(s.has_budget for s in shapes) else ""
+    counts_tokens = has_budget = False  # PERF: not any(): a generator per call
+    for shape in shapes:
+        counts_tokens = counts_tokens or shape.counts_tokens
+        has_budget = has_budget or shape.has_budget
+    tokens, cost = _reservation(ctx, model) if counts_tokens else (0, 0.0)
+    day = _day(now) if has_budget else ""
     amounts = {"one": 1.0, "tokens": float(tokens), "cost": cost}
     checks: list[Guarded] = []
     for policy, shape in zip(policies, shapes, strict=True):
@@ -223,21 +227,30 @@ class Admission:
 _FAMILIES = {"rpm": "requests", "tpm": "tokens"}
 
 
+def _names(pattern: str) -> dict[str, tuple[str, str, str]]:
+    """Header names per family, built once: ``_names("x-ratelimit-{n}-{f}")["tokens"]`` ->
+    ``("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")``"""
+    name = pattern.format
+    return {
+        f: (name(n="limit", f=f), name(n="remaining", f=f), name(n="reset", f=f))
+        for f in _FAMILIES.values()
+    }
+
+
+_OPENAI_NAMES = _names("x-ratelimit-{n}-{f}")
+_ANTHROPIC_NAMES = _names("anthropic-ratelimit-{f}-{n}")
+
+
 def _rate_headers(api: str, family: str, state: CheckState) -> list[tuple[str, str]]:
     limit, remaining = _number(state.limit), _number(state.remaining)
     if is_anthropic(api):
+        names = _ANTHROPIC_NAMES[family]
         reset = dt.datetime.fromtimestamp(time.time() + state.reset_s, dt.UTC)
-        prefix = f"anthropic-ratelimit-{family}"
-        return [
-            (f"{prefix}-limit", limit),
-            (f"{prefix}-remaining", remaining),
-            (f"{prefix}-reset", reset.isoformat(timespec="seconds").replace("+00:00", "Z")),
-        ]
-    return [
-        (f"x-ratelimit-limit-{family}", limit),
-        (f"x-ratelimit-remaining-{family}", remaining),
-        (f"x-ratelimit-reset-{family}", f"{state.reset_s:.3f}s".replace(".000s", "s")),
-    ]
+        when = reset.isoformat(timespec="seconds").replace("+00:00", "Z")
+    else:
+        names = _OPENAI_NAMES[family]
+        when = f"{state.reset_s:.3f}s".replace(".000s", "s")
+    return [(names[0], limit), (names[1], remaining), (names[2], when)]
 
 
 def _number(value: float) -> str:
