@@ -70,6 +70,9 @@ observability: {{access_log: {{enabled: false}}}}
 """
 
 
+_RUN = os.urandom(4).hex()
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
@@ -97,7 +100,8 @@ def run_mode(client: httpx.Client, pid: int, mode: str, count: int, round_no: in
         elif mode == "stream hit":
             reply = client.post("/v1/chat/completions", json=body("the same question", stream=True))
         elif mode == "miss":
-            reply = client.post("/v1/chat/completions", json=body(f"question {round_no}-{n}"))
+            question = f"question {_RUN} {round_no}-{n}"  # NOTE: never stored by an earlier run
+            reply = client.post("/v1/chat/completions", json=body(question))
         else:
             reply = client.post(
                 "/v1/chat/completions",
