@@ -222,6 +222,46 @@ def test_budget_reserves_settles_and_expires(backend: Backend) -> None:
     ]
 
 
+def test_redis_settlements_take_one_round_trip_and_survive_a_script_flush(
+    redis_prefix: str,
+) -> None:
+    import redis.asyncio
+
+    from runtime.state.limits_redis import RedisLimiter
+
+    budget = Check("budget", "p:tokens_per_day:team-a:2026-11-29", 1000, 300, 86400)
+
+    async def script_exists_calls(client: redis.asyncio.Redis) -> int:
+        stats = await client.info("commandstats")
+        return int(stats.get("cmdstat_script|exists", {}).get("calls", 0))
+
+    async def main() -> tuple[int, CheckState, CheckState]:
+        client = redis.asyncio.Redis.from_url(REDIS_URL)
+        limiter = RedisLimiter(REDIS_URL, prefix=redis_prefix)
+        try:
+            exists_before = await script_exists_calls(client)
+            for rid in "ab":
+                await limiter.admit(rid, [budget], T0)
+            await asyncio.gather(*(limiter.settle(r, [Settlement(budget, 100)], T0) for r in "ab"))
+            settled = (await limiter.admit("c", [dataclasses.replace(budget, amount=0)], T0)).states
+            exists = await script_exists_calls(client) - exists_before
+            # Redis forgets its scripts (a restart, SCRIPT FLUSH) between admission and settling
+            for rid in "de":
+                await limiter.admit(rid, [budget], T0)
+            await client.script_flush()
+            await asyncio.gather(*(limiter.settle(r, [Settlement(budget, 50)], T0) for r in "de"))
+            after = (await limiter.admit("f", [dataclasses.replace(budget, amount=0)], T0)).states
+            return exists, settled[0], after[0]
+        finally:
+            await limiter.close()
+            await client.aclose()
+
+    exists, settled, after = asyncio.run(main())
+    assert exists == 0  # settling sends EVALSHA only, never SCRIPT EXISTS first
+    assert settled == state(1000, 200)  # 2 x 300 reserved, settled on 2 x 100
+    assert after == state(1000, 300)  # each lost settlement applied exactly once after reload
+
+
 def test_cost_budgets_add_up_as_memory_does(backend: Backend) -> None:
     cost = Check("budget", "p:cost_per_day:team-a:2026-11-29", 1.0, 0.1, 172800)
 
