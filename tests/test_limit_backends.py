@@ -222,7 +222,7 @@ def test_budget_reserves_settles_and_expires(backend: Backend) -> None:
     ]
 
 
-def test_redis_settlements_take_one_round_trip_and_survive_a_script_flush(
+def test_redis_calls_take_one_round_trip_and_survive_a_script_flush(
     redis_prefix: str,
 ) -> None:
     import redis.asyncio
@@ -251,6 +251,9 @@ def test_redis_settlements_take_one_round_trip_and_survive_a_script_flush(
             await client.script_flush()
             await asyncio.gather(*(limiter.settle(r, [Settlement(budget, 50)], T0) for r in "de"))
             after = (await limiter.admit("f", [dataclasses.replace(budget, amount=0)], T0)).states
+            await client.script_flush()  # and between two admissions, several at once
+            again = await asyncio.gather(*(limiter.admit(r, [budget], T0) for r in "gh"))
+            assert [v.states[0] for v in again] == [state(1000, 600), state(1000, 900)]
             return exists, settled[0], after[0]
         finally:
             await limiter.close()

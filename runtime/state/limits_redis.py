@@ -4,9 +4,10 @@
     verdict = await limiter.admit("req-1", [Check("rate", "p:rpm:team-a", 20, 1, 60)], now)
     verdict.admitted, verdict.states[0].remaining -> True, 19.0
 
-One round trip per `admit`, however many checks (none for no checks), and one per batch of
-settlements (those arriving within 2 ms share a pipeline): each is an EVALSHA of a Lua script
-loaded once (a Redis that lost its script cache costs one SCRIPT LOAD more, once). The admit script reads every check first, returns the
+One EVALSHA of a Lua script per `admit` and per `settle`, however many checks (none for no
+checks). Admissions ready in the same event loop iteration share one pipelined round trip, and
+settlements arriving within 2 ms another (`_Batched`); a Redis that lost its script cache costs
+one SCRIPT LOAD more, once. The admit script reads every check first, returns the
 states untouched when one refuses, and only then applies them all. Redis runs one script at a
 time, so admission is atomic across processes as `MemoryLimiter`'s is within one. Keys, with the
 default prefix:
@@ -42,6 +43,7 @@ request's keys would live on different nodes).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -322,10 +324,10 @@ class RedisLimiter:
             retry=Retry(NoBackoff(), 0),  # NOTE: a retried admission could count twice
         )
         self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_pool(pool)
-        self._admit = self._client.register_script(_ADMIT_LUA)
-        self._settle = self._client.register_script(_SETTLE_LUA)
-        self._pending: list[tuple[list[str], list[str], asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        # PERF: admissions ready in the same loop iteration share a round trip (no added wait);
+        # settlements wait up to 2 ms for company (nobody waits on them)
+        self._admit = _Batched(self._client, _ADMIT_LUA, 0.0)
+        self._settle = _Batched(self._client, _SETTLE_LUA, _SETTLE_BATCH_S)
 
     async def admit(self, request_id: str, checks: Sequence[Check], now: float) -> Verdict:
         if not checks:
@@ -340,7 +342,7 @@ class RedisLimiter:
                 _number(check.amount),
                 _number(check.window_s),
             )
-        reply: list[Any] = await self._admit(keys=keys, args=args)
+        reply: list[Any] = await self._admit.call(keys, args)
         states = tuple(
             CheckState(check.limit, float(reply[2 + 2 * i]), float(reply[3 + 2 * i]))
             for i, check in enumerate(checks)
@@ -363,54 +365,11 @@ class RedisLimiter:
                 _number(settlement.actual),
                 _number(check.window_s),
             )
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((keys, args, done))
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
-        await done
-
-    async def _flush_soon(self) -> None:
-        """PERF: settlements that arrive within `_SETTLE_BATCH_S` share one pipelined round trip
-        (a loopback round trip costs ~100 µs of CPU here); each caller still waits for its own."""
-        await asyncio.sleep(_SETTLE_BATCH_S)
-        self._flusher = None
-        batch, self._pending = self._pending, []
-        try:
-            results = await self._settle_batch([(keys, args) for keys, args, _ in batch])
-        except Exception as exc:
-            results = [exc] * len(batch)
-        for (_, _, done), result in zip(batch, results, strict=True):
-            if done.done():
-                continue
-            if isinstance(result, Exception):
-                done.set_exception(result)
-            else:
-                done.set_result(None)
-
-    async def _settle_batch(self, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
-        """Each settlement's reply (or its exception), in one pipelined round trip of EVALSHAs.
-        PERF: not `Script` objects: a pipeline holding one sends SCRIPT EXISTS first, a second
-        round trip every time. A Redis that lost the script (restart, SCRIPT FLUSH) runs none of
-        them: it is loaded once and only those calls go again (a settlement must not count twice).
-        """
-        results = await self._pipelined(calls)
-        lost = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-        if lost:
-            await self._client.script_load(_SETTLE_LUA)
-            again = await self._pipelined([calls[i] for i in lost])
-            for i, result in zip(lost, again, strict=True):
-                results[i] = result
-        return results
-
-    async def _pipelined(self, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                pipe.evalsha(self._settle.sha, len(keys), *keys, *args)
-            return list(await pipe.execute(raise_on_error=False))
+        await self._settle.call(keys, args)
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            await self._flusher
+        await self._admit.drain()
+        await self._settle.drain()
         await self._client.aclose()
 
     def _keys(self, check: Check) -> list[str]:
@@ -419,3 +378,64 @@ class RedisLimiter:
         if check.kind == "budget":
             return [f"{self.prefix}budget:{check.key}"]
         return [f"{self.prefix}slots:{check.key}"]
+
+
+class _Batched:
+    """Calls of one Lua script that arrive within `delay_s` (0: in the same event loop iteration)
+    share one pipelined round trip (a loopback round trip costs ~100 µs of CPU here); each
+    caller gets its own reply or exception. Plain EVALSHAs: a pipeline holding a redis-py
+    `Script` sends SCRIPT EXISTS first, a second round trip every time. A Redis that lost the
+    script (restart, SCRIPT FLUSH) ran none of those calls: it is loaded once and only they go
+    again, so nothing is applied twice."""
+
+    def __init__(self, client: redis.asyncio.Redis, script: str, delay_s: float) -> None:
+        self._client = client
+        self._script = script
+        self._sha = hashlib.sha1(script.encode()).hexdigest()
+        self._delay_s = delay_s
+        self._pending: list[tuple[list[str], list[str], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def call(self, keys: list[str], args: list[str]) -> Any:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((keys, args, done))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush())
+        return await done
+
+    async def drain(self) -> None:
+        if self._flusher is not None:
+            await self._flusher
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(self._delay_s)
+        self._flusher = None
+        batch, self._pending = self._pending, []
+        try:
+            results = await self._run([(keys, args) for keys, args, _ in batch])
+        except Exception as exc:
+            results = [exc] * len(batch)
+        for (_, _, done), result in zip(batch, results, strict=True):
+            if done.done():  # NOTE: its caller was cancelled
+                continue
+            if isinstance(result, Exception):
+                done.set_exception(result)
+            else:
+                done.set_result(result)
+
+    async def _run(self, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
+        results = await self._pipelined(calls)
+        lost = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if lost:
+            await self._client.script_load(self._script)
+            again = await self._pipelined([calls[i] for i in lost])
+            for i, result in zip(lost, again, strict=True):
+                results[i] = result
+        return results
+
+    async def _pipelined(self, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(self._sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
