@@ -1,7 +1,8 @@
 """One client connection on Hypercorn, with the behaviour the gateway needs below the app.
 
-Hypercorn 0.18's `TCPServer` and `H11Protocol` are kept and changed in four places, each a small
-override (read `hypercorn/asyncio/tcp_server.py` and `hypercorn/protocol/h11.py` beside this):
+Hypercorn 0.18's `TCPServer` and `H11Protocol` (and h11's `Connection`) are kept and changed in
+five places, each a small override (read `hypercorn/asyncio/tcp_server.py`,
+`hypercorn/protocol/h11.py` and `h11/_connection.py` beside this):
 
 - a peer that closes an idle keep-alive connection frees its fd at once (Hypercorn waited for
   its keep-alive timer, leaving the socket in CLOSE_WAIT for `keep_alive_timeout`);
@@ -10,7 +11,9 @@ override (read `hypercorn/asyncio/tcp_server.py` and `hypercorn/protocol/h11.py`
   the listener closed still gets its first request answered (Hypercorn closed it unread);
 - requests rejected by the HTTP parser (bad Content-Length or Host, oversized headers, a
   transfer coding other than chunked) get a JSON body in the OpenAI error shape, with a fixed
-  message per kind that never echoes the request.
+  message per kind that never echoes the request;
+- a response's headers are validated once, in two regex passes over all of them
+  (`checked_headers`), not twice per header by h11 and again when h11 frames a stream.
 
 `refuse(reader, writer, limit)` answers a connection over `server.max_connections` with a 503.
 """
