@@ -178,9 +178,11 @@ def checked_headers(headers: list[tuple[bytes, bytes]]) -> Headers:
         full.append((name, lower, value))
     names = b"".join([name for name, _ in headers])
     values = b"".join([value for _, value in headers])
-    if not all(name for name, _ in headers) or (not _TOKENS.fullmatch(names) and names):
-        return normalize_and_validate(headers)
-    if _FORBIDDEN.search(values) is not None:
+    if (
+        not all(name for name, _ in headers)  # NOTE: joined, an empty name would vanish
+        or _TOKENS.fullmatch(names) is None
+        or _FORBIDDEN.search(values) is not None
+    ):
         return normalize_and_validate(headers)
     return Headers(full)
 

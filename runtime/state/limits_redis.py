@@ -43,7 +43,6 @@ request's keys would live on different nodes).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -391,7 +390,7 @@ class _Batched:
     def __init__(self, client: redis.asyncio.Redis, script: str, delay_s: float) -> None:
         self._client = client
         self._script = script
-        self._sha = hashlib.sha1(script.encode()).hexdigest()
+        self._sha = client.register_script(script).sha  # NOTE: no I/O; redis-py's SHA-1 of it
         self._delay_s = delay_s
         self._pending: list[tuple[list[str], list[str], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
