@@ -148,7 +148,7 @@ class _Connection(h11.Connection):
             and self._request_method in (b"GET", b"POST")
             and self._cstate.keep_alive
             and response.status_code not in (204, 304)
-            and not any(name in _FRAMING for name, _ in headers)
+            and _FRAMING.isdisjoint([lower for _, lower, _ in headers._full_items])
         ):
             chunked = Headers([*headers._full_items, (b"Transfer-Encoding", *_CHUNKED)])
             return h11.Response(headers=chunked, status_code=response.status_code, _parsed=True)
@@ -171,18 +171,14 @@ def checked_headers(headers: list[tuple[bytes, bytes]]) -> Headers:
     seen_length = False
     for name, value in headers:
         lower = name.lower()
-        if lower in _FRAMING:
-            if lower == b"transfer-encoding" or seen_length or not value.isdigit():
+        if lower in _FRAMING or not name:  # NOTE: joined below, an empty name would vanish
+            if not name or lower == b"transfer-encoding" or seen_length or not value.isdigit():
                 return normalize_and_validate(headers)
             seen_length = True
         full.append((name, lower, value))
     names = b"".join([name for name, _ in headers])
     values = b"".join([value for _, value in headers])
-    if (
-        not all(name for name, _ in headers)  # NOTE: joined, an empty name would vanish
-        or _TOKENS.fullmatch(names) is None
-        or _FORBIDDEN.search(values) is not None
-    ):
+    if _TOKENS.fullmatch(names) is None or _FORBIDDEN.search(values) is not None:
         return normalize_and_validate(headers)
     return Headers(full)
 

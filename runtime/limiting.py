@@ -199,32 +199,32 @@ class Admission:
     def headers(self, api: str) -> list[tuple[str, str]]:
         """Rate-limit headers from the tightest rpm and tpm checks: the ones each SDK knows
         (`style` api), CF-X's ``X-RateLimit-*`` for requests (x-ratelimit), both, or none."""
-        if self.verdict is None or self.style == "none":
+        verdict, style = self.verdict, self.style
+        if verdict is None or style == "none":
             return []
-        tightest: dict[str, CheckState] = {}  # rpm / tpm -> the check with the least left
-        for guarded, state in zip(self.plan.checks, self.verdict.states, strict=True):
+        # the rpm and the tpm check with the least left
+        requests: CheckState | None = None
+        tokens: CheckState | None = None
+        for guarded, state in zip(self.plan.checks, verdict.states, strict=True):
             field = guarded.field
-            if field in _FAMILIES:
-                best = tightest.get(field)
-                if best is None or state.remaining < best.remaining:
-                    tightest[field] = state
+            if field == "rpm":
+                if requests is None or state.remaining < requests.remaining:
+                    requests = state
+            elif field == "tpm" and (tokens is None or state.remaining < tokens.remaining):
+                tokens = state
         out: list[tuple[str, str]] = []
-        for field, family in _FAMILIES.items():
-            found = tightest.get(field)
-            if found is None:
-                continue
-            if self.style in ("api", "both"):
-                out += _rate_headers(api, family, found)
-            if self.style in ("x-ratelimit", "both") and family == "requests":
+        if requests is not None:
+            if style != "x-ratelimit":
+                out += _rate_headers(api, "requests", requests)
+            if style != "api":
                 out += [
-                    ("x-ratelimit-limit", _number(found.limit)),
-                    ("x-ratelimit-remaining", _number(found.remaining)),
-                    ("x-ratelimit-reset", str(math.ceil(found.reset_s))),
+                    ("x-ratelimit-limit", _number(requests.limit)),
+                    ("x-ratelimit-remaining", _number(requests.remaining)),
+                    ("x-ratelimit-reset", str(math.ceil(requests.reset_s))),
                 ]
+        if tokens is not None and style != "x-ratelimit":
+            out += _rate_headers(api, "tokens", tokens)
         return out
-
-
-_FAMILIES = {"rpm": "requests", "tpm": "tokens"}
 
 
 def _names(pattern: str) -> dict[str, tuple[str, str, str]]:
@@ -233,7 +233,7 @@ def _names(pattern: str) -> dict[str, tuple[str, str, str]]:
     name = pattern.format
     return {
         f: (name(n="limit", f=f), name(n="remaining", f=f), name(n="reset", f=f))
-        for f in _FAMILIES.values()
+        for f in ("requests", "tokens")
     }
 
 
@@ -249,7 +249,8 @@ def _rate_headers(api: str, family: str, state: CheckState) -> list[tuple[str, s
         when = reset.isoformat(timespec="seconds").replace("+00:00", "Z")
     else:
         names = _OPENAI_NAMES[family]
-        when = f"{state.reset_s:.3f}s".replace(".000s", "s")
+        reset_s = state.reset_s  # PERF: 0 (room left now) is the common case
+        when = "0s" if reset_s == 0.0 else f"{reset_s:.3f}s".replace(".000s", "s")
     return [(names[0], limit), (names[1], remaining), (names[2], when)]
 
 

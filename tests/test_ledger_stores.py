@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import random
 import socket
 import subprocess
@@ -18,6 +19,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runtime.state import ledger_stores
 from runtime.state.ledger import GROUP_FIELDS, TOTAL_FIELDS, LedgerStore, UsageRecord, day_of
@@ -239,6 +242,21 @@ def test_batches_of_any_size_store_every_record_once(
     every = [r for batch in batches for r in batch]
     assert stored == sorted(every, key=lambda r: (r.ts, r.id))
     assert report == expected_report(every, group_by=["key"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(min_value=-1e10, max_value=1e11, allow_nan=False), max_size=40))
+def test_record_days_are_each_records_own_day(times: list[float]) -> None:
+    # NOTE: sorted too, as a batch mostly is: runs of one day take the cached day
+    for order in (times, sorted(times)):
+        records = [
+            UsageRecord(id=str(n), ts=ts, request_id="r", api="a", status=200)
+            for n, ts in enumerate(order)
+        ]
+        assert ledger_stores.record_days(records) == [day_of(ts) for ts in order]
+    for ts in times:  # the day Python's datetime gives, to the microsecond it rounds to
+        whole = round(ts, 3)
+        assert day_of(whole) == dt.datetime.fromtimestamp(whole, dt.UTC).date().isoformat()
 
 
 # --- report -----------------------------------------------------------------------------------

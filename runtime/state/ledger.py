@@ -78,9 +78,13 @@ class UsageRecord(msgspec.Struct, frozen=True):
     completion: str | None = None
 
 
+_EPOCH = dt.date(1970, 1, 1)
+
+
 def day_of(ts: float) -> str:
-    """The UTC calendar day of a unix time: ``day_of(0.0)`` -> ``"1970-01-01"``."""
-    return dt.datetime.fromtimestamp(ts, dt.UTC).date().isoformat()
+    """The UTC calendar day of a unix time (a Unix day is exactly 86,400 s):
+    ``day_of(0.0)`` -> ``"1970-01-01"``, ``day_of(-0.5)`` -> ``"1969-12-31"``."""
+    return (_EPOCH + dt.timedelta(days=ts // 86400)).isoformat()
 
 
 class LedgerStore(Protocol):

@@ -361,8 +361,15 @@ def daily_rows(records: Iterable[tuple[UsageRecord, str]]) -> list[tuple[Any, ..
     column), sorted: concurrent writers then lock the rows they share in the same order."""
     totals: dict[tuple[str, ...], list[Any]] = {}
     for r, day in records:
-        dims = (r.key_id, r.project, r.org, r.model, r.upstream, r.currency)  # _DAILY_KEY order
-        key = (day, *(value or "" for value in dims))
+        key = (  # _DAILY_KEY order
+            day,
+            r.key_id or "",
+            r.project or "",
+            r.org or "",
+            r.model or "",
+            r.upstream or "",
+            r.currency or "",
+        )
         total = totals.get(key)
         if total is None:
             total = totals[key] = [0, 0, 0, 0, 0, 0.0, 0, 0.0]
@@ -387,9 +394,22 @@ def _unique(records: Iterable[UsageRecord]) -> list[UsageRecord]:
 
 
 def _record_rows(records: Sequence[UsageRecord]) -> tuple[list[tuple[Any, ...]], list[str]]:
-    days = [day_of(r.ts) for r in records]
-    rows = [(*msgspec.structs.astuple(r), day) for r, day in zip(records, days, strict=True)]
+    days = record_days(records)
+    astuple = msgspec.structs.astuple
+    rows = [(*astuple(r), day) for r, day in zip(records, days, strict=True)]
     return rows, days
+
+
+def record_days(records: Iterable[UsageRecord]) -> list[str]:
+    """`day_of` each record's time. PERF: a batch is mostly one day, formatted once instead of
+    once per record (~1 µs each)."""
+    days = []
+    number, day = None, ""
+    for r in records:
+        if r.ts // 86400 != number:
+            number, day = r.ts // 86400, day_of(r.ts)
+        days.append(day)
+    return days
 
 
 def _without_nul(row: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -1,0 +1,143 @@
+"""Instructions per request for governance variants, counted by Valgrind's callgrind: the same
+figure on every run, where CPU time on a shared VM drifts by ±10 % within a minute.
+
+    .venv/bin/python bench/instructions.py --variants off,auth,sqlite,limits-memory,all
+
+Each variant (`interleaved.VARIANTS`) is served under ``valgrind --tool=callgrind`` (about 40x
+slower; ~40 s to start), answers 200 warm-up requests, has its counters zeroed, answers
+`--requests` more (JSON or stream, one at a time over 4 keep-alive connections) and dumps
+them. Two variants run at once. Reported: instructions per request on the event loop's thread,
+on other threads (the SQLite ledger's writer) and in all, against the first variant.
+
+What it does not show: cycles (cache misses and system calls are not counted), and anything
+that depends on load. One request at a time, the ledger writes a batch of ~6 records per flush
+instead of hundreds (its per-batch cost is overstated), and the Redis backend's pipelining has
+nothing to batch. Output: markdown on stdout; progress on stderr. Needs valgrind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import governance as g
+import interleaved as il
+
+_LINE = re.compile(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)")
+_MAIN = "uv_run"  # the event loop's thread: everything under libuv's loop
+_THREADS = "pthread_create.c:start_thread"  # every other thread
+
+
+def send(port: int, count: int, stream: bool) -> None:
+    """`count` chat completions, one at a time, over 4 keep-alive connections; raises unless
+    every one answers 200."""
+    model, extra = ("gpt-mock-stream", ',"stream":true') if stream else ("gpt-mock", "")
+    body = f'{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]{extra}}}'.encode()
+    headers = {"content-type": "application/json", "authorization": f"Bearer {g.KEY}"}
+    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=120) for _ in range(4)]
+    for n in range(count):
+        conn = conns[n % 4]
+        conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"port {port}: status {response.status}")
+
+
+def count(variant: str, port: int, requests: int, stream: bool, tmp: Path) -> dict[str, float]:
+    """Instructions per request of one variant: main thread, other threads, total."""
+    folder = tmp / variant
+    folder.mkdir()
+    config = g.write_config(il.VARIANTS[variant], folder)
+    out = folder / "callgrind.out"
+    env = dict(os.environ, MOCK_PORT=str(g.MOCK_PORT), INTERLOCK_BENCH_UPSTREAM_KEY="sk-mock")
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
+    cmd += ["-m", "runtime.cli", "serve", str(config), "--bind", f"127.0.0.1:{port}", "--no-watch"]
+    log = folder / "log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(cmd, cwd=g.REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                send(port, 1, stream)
+                break
+            except (OSError, RuntimeError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise g.GatewayFailed(g.tail(log)) from None
+                time.sleep(2)
+        send(port, 200, stream)
+        time.sleep(1)
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=True)
+        send(port, requests, stream)
+        time.sleep(0.5)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
+        time.sleep(1)
+    finally:
+        proc.terminate()
+        proc.wait(120)
+    dump = next(folder.glob("callgrind.out.*"))  # the -d dump: counts since the zeroing
+    text = subprocess.run(
+        ["callgrind_annotate", "--inclusive=yes", str(dump)], capture_output=True, text=True
+    ).stdout
+    found = {"total": 0.0, "main": 0.0, "threads": 0.0}
+    for line in text.splitlines():
+        match = _LINE.match(line)
+        if match is None:
+            continue
+        value = int(match.group(1).replace(",", "")) / requests
+        name = match.group(2)
+        if name.startswith("PROGRAM TOTALS"):
+            found["total"] = value
+        elif f":{_MAIN} " in name or name.endswith(f":{_MAIN}"):
+            found["main"] = max(found["main"], value)
+        elif _THREADS in name:
+            found["threads"] = max(found["threads"], value)
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--variants", default="off,auth,sqlite,limits-memory,all")
+    parser.add_argument("--mode", choices=("json", "stream"), default="json")
+    parser.add_argument("--requests", type=int, default=400)
+    args = parser.parse_args()
+    ids = args.variants.split(",")
+    unknown = [i for i in ids if i not in il.VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {', '.join(il.VARIANTS)}")
+    g.ensure_mock()
+    stream = args.mode == "stream"
+    with (
+        tempfile.TemporaryDirectory(prefix="interlock-ir-") as tmp_name,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        jobs = {
+            vid: pool.submit(count, vid, 18300 + n, args.requests, stream, Path(tmp_name))
+            for n, vid in enumerate(ids)
+        }
+        results = {vid: job.result() for vid, job in jobs.items()}
+    base = results[ids[0]]
+    print(f"# Instructions per request ({args.mode}, {args.requests} requests one at a time)\n")
+    print("| variant | event loop thread | other threads | total | total vs first |")
+    print("|---|---|---|---|---|")
+    for vid in ids:
+        r = results[vid]
+        change = "" if vid == ids[0] else f"{(r['total'] / base['total'] - 1) * 100:+.1f} %"
+        print(
+            f"| {il.VARIANTS[vid].name} | {r['main'] / 1e3:,.0f}k | {r['threads'] / 1e3:,.0f}k "
+            f"| {r['total'] / 1e3:,.0f}k | {change} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
