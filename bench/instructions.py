@@ -64,6 +64,7 @@ def count(variant: str, port: int, requests: int, stream: bool, tmp: Path) -> di
     log = folder / "log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(cmd, cwd=g.REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    g.log(f"{variant}: starting under callgrind (~40 s)")
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -77,6 +78,7 @@ def count(variant: str, port: int, requests: int, stream: bool, tmp: Path) -> di
         send(port, 200, stream)
         time.sleep(1)
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=True)
+        g.log(f"{variant}: counting {requests} requests")
         send(port, requests, stream)
         time.sleep(0.5)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
