@@ -249,12 +249,14 @@ def start_gateway(config: Path, port: int, pin: str, logfile: Path) -> subproces
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def wait_ready(port: int, proc: subprocess.Popen[bytes], logfile: Path) -> int:
+def wait_ready(
+    port: int, proc: subprocess.Popen[bytes], logfile: Path, timeout_s: float = 30
+) -> int:
     """Wait for a 200 on a chat completion; returns how many probes got an answer."""
     body = b'{"model":"gpt-mock","messages":[{"role":"user","content":"hi"}]}'
     headers = {"content-type": "application/json", "authorization": f"Bearer {KEY}"}
     answered = 0
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise GatewayFailed(tail(logfile))
@@ -268,7 +270,7 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], logfile: Path) -> int:
         except OSError:
             pass
         time.sleep(0.05)
-    raise GatewayFailed("no 200 within 30 s\n" + tail(logfile))
+    raise GatewayFailed(f"no 200 within {timeout_s:g} s\n" + tail(logfile))
 
 
 def stop_gateway(proc: subprocess.Popen[bytes]) -> int | None:
@@ -322,8 +324,11 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run_wrk(port: int, conns: int, seconds: int, stream: bool, cpu: str) -> dict[str, str]:
-    """One wrk run with the shared chat.lua; its RESULT line as a dict (empty if none)."""
+def run_wrk(
+    port: int, conns: int, seconds: int, stream: bool, cpu: str, *, close: bool = False
+) -> dict[str, str]:
+    """One wrk run with the shared chat.lua; its RESULT line as a dict (empty if none).
+    `close`: ``Connection: close``, a new connection per request."""
     env = dict(
         os.environ,
         MODEL="gpt-mock-stream" if stream else "gpt-mock",
@@ -332,6 +337,7 @@ def run_wrk(port: int, conns: int, seconds: int, stream: bool, cpu: str) -> dict
         LABEL="governance",
     )
     cmd = ["taskset", "-c", cpu, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s"]
+    cmd += ["-H", "Connection: close"] if close else []
     cmd += ["-s", str(SHARED_BENCH / "chat.lua"), f"http://127.0.0.1:{port}/v1/chat/completions"]
     text = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False).stdout
     line = next((x for x in text.splitlines() if x.startswith("RESULT")), "")

@@ -66,15 +66,7 @@ def count(variant: str, port: int, requests: int, stream: bool, tmp: Path) -> di
         proc = subprocess.Popen(cmd, cwd=g.REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
     g.log(f"{variant}: starting under callgrind (~40 s)")
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                send(port, 1, stream)
-                break
-            except (OSError, RuntimeError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise g.GatewayFailed(g.tail(log)) from None
-                time.sleep(2)
+        g.wait_ready(port, proc, log, timeout_s=300)
         send(port, 200, stream)
         time.sleep(1)
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=True)

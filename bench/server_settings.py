@@ -61,20 +61,8 @@ def start(vid: str, config: Path, port: int, pin: str, log: Path) -> subprocess.
 
 def wrk(port: int, conns: int, seconds: int, stream: bool, cpu: str, close: bool) -> int:
     """Requests wrk completed in one burst (`close`: a new connection per request)."""
-    env = dict(
-        os.environ,
-        MODEL="gpt-mock-stream" if stream else "gpt-mock",
-        AUTH=g.KEY,
-        STREAM="1" if stream else "0",
-        LABEL="settings",
-    )
-    cmd = ["taskset", "-c", cpu, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s"]
-    cmd += ["-H", "Connection: close"] if close else []
-    cmd += ["-s", str(g.SHARED_BENCH / "chat.lua"), f"http://127.0.0.1:{port}/v1/chat/completions"]
-    text = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False).stdout
-    line = next((x for x in text.splitlines() if x.startswith("RESULT")), "")
-    fields = dict(kv.split("=", 1) for kv in line.split()[1:])
-    return int(fields.get("requests", 0) or 0)
+    result = g.run_wrk(port, conns, seconds, stream, cpu, close=close)
+    return int(result.get("requests", 0) or 0)
 
 
 def main() -> int:

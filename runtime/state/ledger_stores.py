@@ -283,7 +283,7 @@ def _sqlite_rows(
         rows = groups.get(columns)
         if rows is None:
             rows = groups[columns] = []
-        rows.append((*pick(full), int(r.stream), int(r.estimated), int(r.cache_hit)))
+        rows.append((*pick(full), *map(int, _BOOLS_OF(full))))
     return groups
 
 
@@ -291,6 +291,7 @@ _NULLABLE = tuple(  # NOTE: every optional field of UsageRecord defaults to None
     i for i, field in enumerate(msgspec.structs.fields(UsageRecord)) if field.default is None
 )
 _NULLABLE_OF = operator.itemgetter(*_NULLABLE)
+_BOOLS_OF = operator.itemgetter(*_BOOLS)
 
 
 @functools.lru_cache(maxsize=256)
