@@ -6,8 +6,9 @@ figure on every run, where CPU time on a shared VM drifts by ±10 % within a min
 Each variant (`interleaved.VARIANTS`) is served under ``valgrind --tool=callgrind`` (about 40x
 slower; ~40 s to start), answers 200 warm-up requests, has its counters zeroed, answers
 `--requests` more (JSON or stream, one at a time over 4 keep-alive connections) and dumps
-them. Two variants run at once. Reported: instructions per request on the event loop's thread,
-on other threads (the SQLite ledger's writer) and in all, against the first variant.
+them (`--keep DIR` keeps the dumps, for ``callgrind_annotate``). Two variants run at once.
+Reported: instructions per request on the event loop's thread, on other threads (the SQLite
+ledger's writer) and in all, against the first variant.
 
 What it does not show: cycles (cache misses and system calls are not counted), and anything
 that depends on load. One request at a time, the ledger writes a batch of ~6 records per flush
@@ -55,7 +56,7 @@ def send(port: int, count: int, stream: bool) -> None:
 def count(variant: str, port: int, requests: int, stream: bool, tmp: Path) -> dict[str, float]:
     """Instructions per request of one variant: main thread, other threads, total."""
     folder = tmp / variant
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     config = g.write_config(il.VARIANTS[variant], folder)
     out = folder / "callgrind.out"
     env = dict(os.environ, MOCK_PORT=str(g.MOCK_PORT), INTERLOCK_BENCH_UPSTREAM_KEY="sk-mock")
@@ -103,6 +104,7 @@ def main() -> int:
     parser.add_argument("--variants", default="off,auth,sqlite,limits-memory,all")
     parser.add_argument("--mode", choices=("json", "stream"), default="json")
     parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--keep", type=Path, help="keep each variant's callgrind dump here")
     args = parser.parse_args()
     ids = args.variants.split(",")
     unknown = [i for i in ids if i not in il.VARIANTS]
@@ -114,8 +116,10 @@ def main() -> int:
         tempfile.TemporaryDirectory(prefix="interlock-ir-") as tmp_name,
         ThreadPoolExecutor(2) as pool,
     ):
+        folder = args.keep or Path(tmp_name)
+        folder.mkdir(parents=True, exist_ok=True)
         jobs = {
-            vid: pool.submit(count, vid, 18300 + n, args.requests, stream, Path(tmp_name))
+            vid: pool.submit(count, vid, 18300 + n, args.requests, stream, folder)
             for n, vid in enumerate(ids)
         }
         results = {vid: job.result() for vid, job in jobs.items()}

@@ -8,13 +8,16 @@ import asyncio
 import itertools
 import json
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.metering import Meter, RawTap
+from runtime.metering import Meter, RawTap, Spend, Trace, build_record
+from runtime.request import RequestContext
 from runtime.state.ledger import Ledger, UsageRecord
 
 
@@ -193,6 +196,55 @@ def test_raw_tap_keeps_the_tail_of_a_huge_stream() -> None:
     meter = Meter()
     tap.settle("openai.chat", meter)
     assert meter.reported and (meter.input_tokens, meter.output_tokens) == (12, 2)
+
+
+def test_build_record_puts_every_value_in_its_own_field() -> None:
+    raw = b'{"model": "alias", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
+    ctx = RequestContext.parse("openai.chat", raw, {}, "req-1")
+    ctx.api_key = SimpleNamespace(id="k1", org="acme", project="web")  # type: ignore[assignment]
+    ctx.route_name, ctx.requested, ctx.attempts = "r1", "alias", 3
+    ctx.upstream, ctx.upstream_model, ctx.stream_error = "up1", "gpt-x", "stream_cut"
+    trace = Trace(keep_text=True)
+    trace.model = SimpleNamespace(name="m1")  # type: ignore[assignment]
+    trace.cache_hit = True
+    trace.meter.text = ["an", "swer"]
+    trace.first_byte = 10.5
+    spend = Spend(11, 7, 5, 0.25, 0.5, "EUR", True)
+    record = build_record(
+        ctx, trace, spend, status=502, error=None, started=10.0, version="v9", log_prompts=True
+    )
+    assert msgspec.structs.asdict(record) | {"id": "", "ts": 0.0, "latency_ms": 0.0} == {
+        "id": "",
+        "ts": 0.0,
+        "request_id": "req-1",
+        "api": "openai.chat",
+        "status": 502,
+        "key_id": "k1",
+        "org": "acme",
+        "project": "web",
+        "route": "r1",
+        "requested_model": "alias",
+        "model": "m1",
+        "upstream": "up1",
+        "upstream_model": "gpt-x",
+        "stream": True,
+        "error": "stream_cut",
+        "input_tokens": 11,
+        "output_tokens": 7,
+        "cached_tokens": 5,
+        "cost": 0.25,
+        "currency": "EUR",
+        "estimated": True,
+        "latency_ms": 0.0,
+        "ttfb_ms": 500.0,
+        "attempts": 3,
+        "cache_hit": True,
+        "cost_saved": 0.5,
+        "config_version": "v9",
+        "prompt": raw.decode(),
+        "completion": "answer",
+    }
+    assert record.latency_ms > 0 and len(record.id) == 34
 
 
 # --- the ledger's queue and writer ------------------------------------------------------------

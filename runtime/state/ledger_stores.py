@@ -17,11 +17,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-import operator
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 
@@ -119,20 +118,23 @@ _PRUNE = "DELETE FROM usage_records WHERE day < {}"
 # 32,766), so a batch of n rows takes n // 256 + popcount(n % 256) statements, each cached.
 # sqlite3 releases the GIL around every step: executemany stepped once per row, and under load
 # every step made the event loop's thread hand the GIL over and back (~10 µs per record).
-# sqlite3 binds a str, int or float as it is, but looks up an adapter for any other value (a key
-# tuple, a dict miss, two failed attribute lookups: ~3,000 instructions), and a record has about
-# five Nones and three bools: so bools are bound as 0/1 (what SQLite keeps) and a None is left
-# out of its row's column list (the column is then NULL), rows grouped by the columns they set.
 _SQLITE_CHUNKS = tuple(1 << k for k in range(8, -1, -1))
-_ALL_COLUMNS = tuple(range(len(_RECORD_COLUMNS)))
+
+# PERF: sqlite3 binds a str, int or float as it is, but for any other value it first looks for
+# an adapter, and a miss costs two failed attribute lookups (~3,000 instructions); a record has
+# about five Nones and three bools. Registered adapters are a dict hit (~1,200): None stays
+# None (`{}.get` of anything is None) and a bool becomes the 0/1 SQLite keeps, exactly what
+# sqlite3 binds without them, so every other sqlite3 user in the process is unaffected.
+sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))
+sqlite3.register_adapter(bool, int)
 
 
-@functools.lru_cache(maxsize=256)
-def _sqlite_insert(columns: tuple[int, ...], rows: int) -> str:
-    """The INSERT of `rows` rows setting `columns` (indexes into _RECORD_COLUMNS)."""
-    row = f"({', '.join('?' * len(columns))})"
+@functools.lru_cache(maxsize=16)
+def _sqlite_insert(rows: int) -> str:
+    """The INSERT of `rows` rows."""
+    row = f"({', '.join('?' * len(_RECORD_COLUMNS))})"
     return (
-        f"INSERT INTO usage_records ({', '.join(_RECORD_COLUMNS[i] for i in columns)}) "
+        f"INSERT INTO usage_records ({', '.join(_RECORD_COLUMNS)}) "
         f"VALUES {', '.join([row] * rows)} ON CONFLICT (id) DO NOTHING"
     )
 
@@ -260,48 +262,14 @@ def _sqlite_write(conn: sqlite3.Connection, records: list[UsageRecord]) -> None:
         new = [r for r in records if r.id not in existing]
         if not new:
             return
-        days = record_days(new)
-        for columns, rows in _sqlite_rows(new, days).items():
-            start = 0
-            for size in _SQLITE_CHUNKS:
-                while len(rows) - start >= size:
-                    chunk = itertools.chain.from_iterable(rows[start : start + size])
-                    conn.execute(_sqlite_insert(columns, size), list(chunk))
-                    start += size
+        rows, days = _record_rows(new)
+        start = 0
+        for size in _SQLITE_CHUNKS:
+            while len(rows) - start >= size:
+                chunk = itertools.chain.from_iterable(rows[start : start + size])
+                conn.execute(_sqlite_insert(size), list(chunk))
+                start += size
         conn.executemany(_SQLITE_DAILY, daily_rows(zip(new, days, strict=True)))
-
-
-def _sqlite_rows(
-    records: Sequence[UsageRecord], days: Sequence[str]
-) -> dict[tuple[int, ...], list[tuple[Any, ...]]]:
-    """The rows of `records` by the columns they set (Nones left out, bools last as 0/1)."""
-    groups: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
-    astuple = msgspec.structs.astuple
-    for r, day in zip(records, days, strict=True):
-        full = (*astuple(r), day)
-        columns, pick = _sqlite_shape(tuple(map(type, _NULLABLE_OF(full))))
-        rows = groups.get(columns)
-        if rows is None:
-            rows = groups[columns] = []
-        rows.append((*pick(full), *map(int, _BOOLS_OF(full))))
-    return groups
-
-
-_NULLABLE = tuple(  # NOTE: every optional field of UsageRecord defaults to None
-    i for i, field in enumerate(msgspec.structs.fields(UsageRecord)) if field.default is None
-)
-_NULLABLE_OF = operator.itemgetter(*_NULLABLE)
-_BOOLS_OF = operator.itemgetter(*_BOOLS)
-
-
-@functools.lru_cache(maxsize=256)
-def _sqlite_shape(types: tuple[type, ...]) -> tuple[tuple[int, ...], operator.itemgetter[Any]]:
-    """For a row whose nullable values have these `types`: the columns it sets (not the Nones),
-    and what picks their values (bar the bools) from the full row."""
-    skip = {i for i, kind in zip(_NULLABLE, types, strict=True) if kind is type(None)}
-    skip.update(_BOOLS)
-    kept = tuple(i for i in _ALL_COLUMNS if i not in skip)
-    return (*kept, *_BOOLS), operator.itemgetter(*kept)
 
 
 class PostgresLedgerStore:
