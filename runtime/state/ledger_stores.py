@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -255,21 +254,42 @@ class SqliteLedgerStore:
 
 def _sqlite_write(conn: sqlite3.Connection, records: list[UsageRecord]) -> None:
     # NOTE: BEGIN IMMEDIATE holds the write lock from the first statement, so no other process
-    # can store one of these ids between the lookup and the insert: the lookup is exact.
+    # can store one of these ids meanwhile: what is counted below is exact. PERF: a batch is
+    # nearly always all new, so it goes in without looking its ids up first; when fewer rows
+    # went in than were sent (a batch retried after a commit that did succeed), the insert is
+    # undone and redone with only the ids not stored yet.
     with sqlite_transaction(conn):
-        ids = msgspec.json.encode([r.id for r in records]).decode()
-        existing = {row[0] for row in conn.execute(_SQLITE_EXISTING, (ids,))}
-        new = [r for r in records if r.id not in existing]
-        if not new:
-            return
-        rows, days = _record_rows(new)
-        start = 0
-        for size in _SQLITE_CHUNKS:
-            while len(rows) - start >= size:
-                chunk = itertools.chain.from_iterable(rows[start : start + size])
-                conn.execute(_sqlite_insert(size), list(chunk))
-                start += size
-        conn.executemany(_SQLITE_DAILY, daily_rows(zip(new, days, strict=True)))
+        days = record_days(records)
+        conn.execute("SAVEPOINT batch")
+        if _sqlite_insert_rows(conn, records, days) != len(records):
+            conn.execute("ROLLBACK TO batch")
+            ids = msgspec.json.encode([r.id for r in records]).decode()
+            existing = {row[0] for row in conn.execute(_SQLITE_EXISTING, (ids,))}
+            kept = [i for i, r in enumerate(records) if r.id not in existing]
+            records, days = [records[i] for i in kept], [days[i] for i in kept]
+            _sqlite_insert_rows(conn, records, days)
+        conn.execute("RELEASE batch")
+        if records:
+            conn.executemany(_SQLITE_DAILY, daily_rows(zip(records, days, strict=True)))
+
+
+def _sqlite_insert_rows(
+    conn: sqlite3.Connection, records: Sequence[UsageRecord], days: Sequence[str]
+) -> int:
+    """Insert the rows of `records` (ids already stored are skipped); how many went in."""
+    before = conn.total_changes
+    astuple = msgspec.structs.astuple
+    start = 0
+    for size in _SQLITE_CHUNKS:
+        while len(records) - start >= size:
+            params: list[Any] = []
+            end = start + size
+            for r, day in zip(records[start:end], days[start:end], strict=True):
+                params += astuple(r)
+                params.append(day)
+            conn.execute(_sqlite_insert(size), params)
+            start = end
+    return conn.total_changes - before
 
 
 class PostgresLedgerStore:
