@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import Callable
 from itertools import chain
 from typing import Any
@@ -157,13 +156,13 @@ class _Connection(h11.Connection):
 
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _CHUNKED = (b"transfer-encoding", b"chunked")
-_TOKENS = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
-_FORBIDDEN = re.compile(rb"[\x00\n\r\x0b\x0c]")
+_TOKEN_BYTES = b"-!#$%&'*+.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_FORBIDDEN_BYTES = b"\x00\n\r\x0b\x0c"
 
 
 def checked_headers(headers: list[tuple[bytes, bytes]]) -> Headers:
-    """h11's `Headers` for a response, validated as h11 would but in two regex passes over all
-    names and all values instead of two per header (PERF: ~1 µs a header, and the gateway sends
+    """h11's `Headers` for a response, validated as h11 would but in two passes over all names
+    and all values instead of two per header (PERF: ~1 µs a header, and the gateway sends
     a dozen). Values come from Hypercorn, which strips surrounding whitespace. Anything the fast
     check is unsure of (a framing header other than one plain Content-Length, a character h11
     refuses) goes through h11's own `normalize_and_validate`, which raises as it always did."""
@@ -176,9 +175,11 @@ def checked_headers(headers: list[tuple[bytes, bytes]]) -> Headers:
                 return normalize_and_validate(headers)
             seen_length = True
         full.append((name, lower, value))
+    # PERF: bytes.translate deletes the allowed bytes in one C pass (a regex: ~50 per byte)
     names = b"".join([name for name, _ in headers])
     values = b"".join([value for _, value in headers])
-    if _TOKENS.fullmatch(names) is None or _FORBIDDEN.search(values) is not None:
+    clean = len(values.translate(None, _FORBIDDEN_BYTES)) == len(values)
+    if names.translate(None, _TOKEN_BYTES) or not clean:
         return normalize_and_validate(headers)
     return Headers(full)
 

@@ -20,11 +20,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from compiler.table import CompiledModel, CompiledRoute, LimitPolicy, RouteTable
 from runtime.errors import GatewayError, is_anthropic
 from runtime.ids import unique_suffix
 from runtime.request import RequestContext
-from runtime.state.limits import Check, CheckState, Limiter, Settlement, Verdict
+from runtime.state.limits import (
+    Check,
+    CheckState,
+    Limiter,
+    MemoryLimiter,
+    Settlement,
+    Verdict,
+)
 from runtime.translate.anthropic import estimate_tokens
 
 _LOG = logging.getLogger("interlock")
@@ -34,8 +43,7 @@ _MONTH_TTL = 62 * 86400.0
 SLOT_TTL_S = 3600.0  # NOTE: a crashed process's stream slots free themselves after this
 
 
-@dataclass(slots=True)  # PERF: one per request; a frozen __init__ costs ~6x
-class Guarded:
+class Guarded(msgspec.Struct, gc=False):  # PERF: one per request, built in C
     """One check and where it came from, for messages and headers."""
 
     policy: str
@@ -43,8 +51,7 @@ class Guarded:
     check: Check
 
 
-@dataclass(slots=True)  # PERF: one per request; a frozen __init__ costs ~6x
-class LimitPlan:
+class LimitPlan(msgspec.Struct, gc=False):  # PERF: one per request, built in C
     checks: tuple[Guarded, ...]
     reserved_tokens: int
     reserved_cost: float
@@ -65,13 +72,33 @@ def applicable_policies(
     table: RouteTable, route: CompiledRoute | None, ctx: RequestContext
 ) -> list[LimitPolicy]:
     """The route's policies (or `limits.default` when the route names none), then the key's."""
-    names: list[str] = []
+    policies = _route_policies(table, route)
+    key = ctx.api_key
+    if key is None or not key.limits:
+        return policies
+    known = table.limits.policies
+    names = dict.fromkeys([*(p.name for p in policies), *key.limits])
+    return [known[name] for name in names if name in known]
+
+
+_RoutePolicies = tuple[RouteTable, CompiledRoute | None, list[LimitPolicy]]
+_ROUTE_POLICIES: dict[tuple[int, int], _RoutePolicies] = {}
+
+
+def _route_policies(table: RouteTable, route: CompiledRoute | None) -> list[LimitPolicy]:
+    """The policies a route applies before any key's. PERF: resolved once per table and route;
+    the entry holds both, so an id reused after a reload never matches a stale entry."""
+    found = _ROUTE_POLICIES.get((id(table), id(route)))
+    if found is not None and found[0] is table and found[1] is route:
+        return found[2]
+    if len(_ROUTE_POLICIES) > 4096:  # NOTE: routes of long-gone tables
+        _ROUTE_POLICIES.clear()
     route_limits = route.action.limits if route is not None else None
-    names += route_limits if route_limits is not None else table.limits.default
-    if ctx.api_key is not None and ctx.api_key.limits:
-        names += ctx.api_key.limits
-    policies = table.limits.policies
-    return [policies[name] for name in dict.fromkeys(names) if name in policies]
+    names = route_limits if route_limits is not None else table.limits.default
+    known = table.limits.policies
+    policies = [known[name] for name in dict.fromkeys(names) if name in known]
+    _ROUTE_POLICIES[id(table), id(route)] = (table, route, policies)
+    return policies
 
 
 def scope_value(policy: LimitPolicy, ctx: RequestContext) -> str:
@@ -160,9 +187,6 @@ def _shape(policy: LimitPolicy) -> _Shape:
     return shape
 
 
-_MAX_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-
-
 def _day(now: float) -> str:
     return dt.datetime.fromtimestamp(now, dt.UTC).date().isoformat()
 
@@ -174,13 +198,15 @@ def _reservation(ctx: RequestContext, model: CompiledModel) -> tuple[int, float]
     # PERF: the body's size / 4 over-estimates the prompt without walking the messages; a
     # route's edits change the size by a few bytes
     prompt = estimate_tokens(len(ctx.raw))
+    most: Any
     if ctx.body_decoded:  # NOTE: a route edited the body (max_tokens may be clamped): read it
-        source: Any = ctx.body()
-        most = next((source.get(f) for f in _MAX_FIELDS if source.get(f)), 0)
-    else:  # PERF: no decode (it would also cost the zero-copy forward)
-        most = next(
-            (getattr(ctx.head, f, None) for f in _MAX_FIELDS if getattr(ctx.head, f, None)), 0
-        )
+        body = ctx.body()
+        most = body.get("max_tokens") or body.get("max_completion_tokens")
+        most = most or body.get("max_output_tokens")
+    else:  # PERF: no decode (it would also cost the zero-copy forward), no generator
+        head = ctx.head
+        most = getattr(head, "max_tokens", None) or getattr(head, "max_completion_tokens", None)
+        most = most or getattr(head, "max_output_tokens", None)
     output = most if isinstance(most, int) and not isinstance(most, bool) and most > 0 else 0
     pricing = model.pricing
     cost = 0.0
@@ -189,8 +215,7 @@ def _reservation(ctx: RequestContext, model: CompiledModel) -> tuple[int, float]
     return prompt + output, cost
 
 
-@dataclass(slots=True)  # PERF: one per request; a frozen __init__ costs ~6x
-class Admission:
+class Admission(msgspec.Struct, gc=False):  # PERF: one per request, built in C
     plan: LimitPlan
     verdict: Verdict | None  # None: the backend failed and `on_backend_error: allow` let it in
     style: str = "api"  # limits.headers: api | x-ratelimit | both | none
@@ -202,20 +227,23 @@ class Admission:
         verdict, style = self.verdict, self.style
         if verdict is None or style == "none":
             return []
-        # the rpm and the tpm check with the least left
+        # the rpm and the tpm check with the least left: the most used beyond its limit
         requests: CheckState | None = None
         tokens: CheckState | None = None
         for guarded, state in zip(self.plan.checks, verdict.states, strict=True):
             field = guarded.field
             if field == "rpm":
-                if requests is None or state.remaining < requests.remaining:
+                if requests is None or state.used - state.limit > requests.used - requests.limit:
                     requests = state
-            elif field == "tpm" and (tokens is None or state.remaining < tokens.remaining):
+            elif field == "tpm" and (
+                tokens is None or state.used - state.limit > tokens.used - tokens.limit
+            ):
                 tokens = state
+        anthropic = is_anthropic(api)
         out: list[tuple[str, str]] = []
         if requests is not None:
             if style != "x-ratelimit":
-                out += _rate_headers(api, "requests", requests)
+                out += _rate_headers(anthropic, "requests", requests)
             if style != "api":
                 out += [
                     ("x-ratelimit-limit", _number(requests.limit)),
@@ -223,7 +251,7 @@ class Admission:
                     ("x-ratelimit-reset", str(math.ceil(requests.reset_s))),
                 ]
         if tokens is not None and style != "x-ratelimit":
-            out += _rate_headers(api, "tokens", tokens)
+            out += _rate_headers(anthropic, "tokens", tokens)
         return out
 
 
@@ -241,22 +269,24 @@ _OPENAI_NAMES = _names("x-ratelimit-{n}-{f}")
 _ANTHROPIC_NAMES = _names("anthropic-ratelimit-{f}-{n}")
 
 
-def _rate_headers(api: str, family: str, state: CheckState) -> list[tuple[str, str]]:
-    limit, remaining = _number(state.limit), _number(state.remaining)
-    if is_anthropic(api):
+def _rate_headers(anthropic: bool, family: str, state: CheckState) -> list[tuple[str, str]]:
+    limit, used, reset_s = state.limit, state.used, state.reset_s
+    if anthropic:
         names = _ANTHROPIC_NAMES[family]
-        reset = dt.datetime.fromtimestamp(time.time() + state.reset_s, dt.UTC)
+        reset = dt.datetime.fromtimestamp(time.time() + reset_s, dt.UTC)
         when = reset.isoformat(timespec="seconds").replace("+00:00", "Z")
     else:
         names = _OPENAI_NAMES[family]
-        reset_s = state.reset_s  # PERF: 0 (room left now) is the common case
+        # PERF: 0 (room left now) is the common case
         when = "0s" if reset_s == 0.0 else f"{reset_s:.3f}s".replace(".000s", "s")
-    return [(names[0], limit), (names[1], remaining), (names[2], when)]
+    left = limit - used if used < limit else 0.0
+    return [(names[0], _number(limit)), (names[1], _number(left)), (names[2], when)]
 
 
 def _number(value: float) -> str:
-    whole = int(value)
-    return str(whole) if whole == value else f"{value:.6f}".rstrip("0")
+    if value.is_integer():
+        return str(int(value))
+    return f"{value:.6f}".rstrip("0")
 
 
 async def admit(
@@ -272,7 +302,11 @@ async def admit(
     try:
         # NOTE: not the request id alone: a client may send the same x-request-id twice
         hold = f"{ctx.request_id}:{unique_suffix()}"
-        verdict = await limiter.admit(hold, [g.check for g in plan.checks], now)
+        checks = [g.check for g in plan.checks]
+        if isinstance(limiter, MemoryLimiter):  # PERF: nothing to wait for, so no coroutine
+            verdict = limiter.admit_now(hold, checks, now)
+        else:
+            verdict = await limiter.admit(hold, checks, now)
     except Exception as exc:
         if on_error == "deny":
             raise GatewayError(

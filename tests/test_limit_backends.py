@@ -21,6 +21,7 @@ from typing import TypeVar
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from runtime.state.limits import Check, CheckState, Limiter, MemoryLimiter, Settlement, Verdict
 from runtime.state.limits_backends import open_limiter
@@ -152,7 +153,7 @@ def test_tpm_reserves_then_settles_on_the_real_amount(backend: Backend) -> None:
         await limiter.settle("a", [Settlement(tpm, 30)], T0 + 2)  # smaller: frees 30
         seen.append((await limiter.admit("b", [tpm], T0 + 3)).states[0])
         await limiter.settle("b", [Settlement(tpm, 80)], T0 + 4)  # larger: consumes 20 more
-        one = dataclasses.replace(tpm, amount=1)
+        one = replace(tpm, amount=1)
         seen.append((await limiter.admit("c", [one], T0 + 5)).states[0])
         seen.append((await limiter.admit("c", [one], T0 + 60)).states[0])  # "a" has left
         return seen
@@ -170,7 +171,7 @@ def test_a_request_admitted_twice_on_a_key_holds_two_entries_and_settles_the_fir
     backend: Backend,
 ) -> None:
     tpm = Check("rate", "p:tpm:twice", 100, 10, 60)
-    probe = dataclasses.replace(tpm, amount=0)
+    probe = replace(tpm, amount=0)
 
     async def script(limiter: Limiter) -> list[float]:
         await limiter.admit("a", [tpm], T0)
@@ -201,13 +202,13 @@ def test_budget_reserves_settles_and_expires(backend: Backend) -> None:
     budget = Check("budget", "p:tokens_per_day:team-a:2026-11-29", 1000, 600, 86400)
 
     async def script(limiter: Limiter) -> list[Verdict]:
-        small = dataclasses.replace(budget, amount=500)
+        small = replace(budget, amount=500)
         seen = [await limiter.admit("a", [budget], T0)]
         seen.append(await limiter.admit("b", [small], T0 + 1))  # 600 + 500 > 1000
         await limiter.settle("a", [Settlement(budget, 200)], T0 + 2)
         seen.append(await limiter.admit("b", [small], T0 + 3))  # 200 + 500
         await limiter.settle("b", [Settlement(small, 900)], T0 + 4)  # 200 + 900: over
-        seen.append(await limiter.admit("c", [dataclasses.replace(budget, amount=0)], T0 + 5))
+        seen.append(await limiter.admit("c", [replace(budget, amount=0)], T0 + 5))
         seen.append(await limiter.admit("d", [small], T0 + 86399.5))
         seen.append(await limiter.admit("e", [small], T0 + 86400))  # its window is over
         return seen
@@ -243,14 +244,14 @@ def test_redis_calls_take_one_round_trip_and_survive_a_script_flush(
             for rid in "ab":
                 await limiter.admit(rid, [budget], T0)
             await asyncio.gather(*(limiter.settle(r, [Settlement(budget, 100)], T0) for r in "ab"))
-            settled = (await limiter.admit("c", [dataclasses.replace(budget, amount=0)], T0)).states
+            settled = (await limiter.admit("c", [replace(budget, amount=0)], T0)).states
             exists = await script_exists_calls(client) - exists_before
             # Redis forgets its scripts (a restart, SCRIPT FLUSH) between admission and settling
             for rid in "de":
                 await limiter.admit(rid, [budget], T0)
             await client.script_flush()
             await asyncio.gather(*(limiter.settle(r, [Settlement(budget, 50)], T0) for r in "de"))
-            after = (await limiter.admit("f", [dataclasses.replace(budget, amount=0)], T0)).states
+            after = (await limiter.admit("f", [replace(budget, amount=0)], T0)).states
             await client.script_flush()  # and between two admissions, several at once
             again = await asyncio.gather(*(limiter.admit(r, [budget], T0) for r in "gh"))
             assert [v.states[0] for v in again] == [state(1000, 600), state(1000, 900)]
@@ -337,7 +338,7 @@ def test_refused_is_the_index_of_the_first_check_that_fails(
 
     async def script(limiter: Limiter) -> tuple[Verdict, Verdict]:
         verdict = await limiter.admit("a", checks, T0)
-        probe = await limiter.admit("b", [dataclasses.replace(c, amount=0) for c in checks], T0)
+        probe = await limiter.admit("b", [replace(c, amount=0) for c in checks], T0)
         return verdict, probe
 
     verdict, probe = run(backend, script)

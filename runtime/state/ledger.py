@@ -226,10 +226,14 @@ class Ledger:
         while True:
             if len(self._queue) < self.batch and not self._closing:
                 # PERF: one write per `flush_s` under load, not one per write's duration: each
-                # write is a hop to the store's thread, paid for by the event loop
+                # write is a hop to the store's thread, paid for by the event loop. A timer
+                # sets the event: wait_for would build a task and two futures per flush.
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.flush_s)
+                timer = asyncio.get_running_loop().call_later(self.flush_s, self._wake.set)
+                try:
+                    await self._wake.wait()
+                finally:
+                    timer.cancel()
             if not self._queue:
                 if self._closing:
                     return

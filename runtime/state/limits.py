@@ -27,9 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import msgspec
 
-@dataclass(slots=True)  # PERF: one per request; a frozen __init__ costs ~6x
-class Check:
+
+class Check(msgspec.Struct, gc=False):  # PERF: built in C (a dataclass: ~3x the cost)
     kind: str  # rate | budget | slots
     key: str  # backend key: policy state id, field, scope value (and the calendar window)
     limit: float
@@ -37,8 +38,7 @@ class Check:
     window_s: float  # rate: the window; budget and slots: how long the state lives
 
 
-@dataclass(slots=True)  # PERF: two per check per request; a frozen __init__ costs ~6x
-class CheckState:
+class CheckState(msgspec.Struct, gc=False):  # PERF: two per check per request, built in C
     """One check's state after admission (or, when refused, as it was): for rate-limit headers
     and refusal messages. `reset_s`: seconds until enough is freed to admit this amount again
     (rate: the oldest entries leave the window; budget: the window ends, when the caller knows
@@ -54,15 +54,13 @@ class CheckState:
         return max(self.limit - self.used, 0.0)
 
 
-@dataclass(slots=True)  # PERF: one per request; a frozen __init__ costs ~6x
-class Verdict:
+class Verdict(msgspec.Struct, gc=False):  # PERF: one per request, built in C
     admitted: bool
     states: tuple[CheckState, ...]
     refused: int | None = None  # index of the first check that refused
 
 
-@dataclass(slots=True)  # PERF: one per request; a frozen __init__ costs ~6x
-class Settlement:
+class Settlement(msgspec.Struct, gc=False):  # PERF: one per request, built in C
     check: Check
     actual: float  # rate: the real amount; budget: the real amount; slots: ignored
 
@@ -131,20 +129,41 @@ class MemoryLimiter:
         self._slots: dict[str, dict[str, float]] = {}  # key -> request id -> expires_at
 
     async def admit(self, request_id: str, checks: Sequence[Check], now: float) -> Verdict:
+        return self.admit_now(request_id, checks, now)
+
+    def admit_now(self, request_id: str, checks: Sequence[Check], now: float) -> Verdict:
+        """`admit` without a coroutine (the gateway calls it in place of `admit`). PERF: the
+        rate checks (rpm, tpm: the common ones) are done inline, not through `_state`."""
         states = []
         refused = None
         for i, check in enumerate(checks):
-            used, reset = self._state(check, now)
+            if check.kind == "rate":
+                window = self._windows.get(check.key)
+                if window is None:  # NOTE: not setdefault: that would build a _Window every call
+                    window = self._windows[check.key] = _Window()
+                window.expire(now, check.window_s)
+                used = window.total
+                reset = window.reset_s(now, check.window_s, check.limit, check.amount)
+            else:
+                used, reset = self._state(check, now)
             states.append(CheckState(check.limit, used, reset))
             if refused is None and used + check.amount > check.limit:
                 refused = i
         if refused is not None:
             return Verdict(False, tuple(states), refused)
-        for check in checks:
-            self._apply(request_id, check, now)
-        return Verdict(
-            True, tuple(self._after(c, s, now) for c, s in zip(checks, states, strict=True))
-        )
+        after = []  # each check's state once its amount is added (no second expiry pass)
+        for check, before in zip(checks, states, strict=True):
+            used = before.used + check.amount
+            reset = 0.0
+            if check.kind == "rate":
+                window = self._windows[check.key]
+                window.add(now, request_id, check.amount)
+                if used + check.amount > check.limit:
+                    reset = window.reset_s(now, check.window_s, check.limit, check.amount)
+            else:
+                self._apply(request_id, check, now)
+            after.append(CheckState(check.limit, used, reset))
+        return Verdict(True, tuple(after))
 
     async def settle(self, request_id: str, settlements: Sequence[Settlement], now: float) -> None:
         self.settle_now(request_id, settlements, now)
@@ -167,21 +186,8 @@ class MemoryLimiter:
     async def close(self) -> None:
         return None
 
-    def _after(self, check: Check, before: CheckState, now: float) -> CheckState:
-        """The state of `check` once its amount was added to `before` (no second expiry pass)."""
-        used = before.used + check.amount
-        reset = 0.0
-        if check.kind == "rate" and used + check.amount > check.limit:
-            reset = self._windows[check.key].reset_s(now, check.window_s, check.limit, check.amount)
-        return CheckState(check.limit, used, reset)
-
     def _state(self, check: Check, now: float) -> tuple[float, float]:
-        if check.kind == "rate":
-            window = self._windows.get(check.key)
-            if window is None:  # NOTE: not setdefault: that would build a _Window every call
-                window = self._windows[check.key] = _Window()
-            window.expire(now, check.window_s)
-            return window.total, window.reset_s(now, check.window_s, check.limit, check.amount)
+        """A budget's or a slot check's (used, reset_s); rate checks are read in `admit_now`."""
         if check.kind == "budget":
             value, expires = self._budgets.get(check.key, (0.0, 0.0))
             if expires <= now:
@@ -194,10 +200,8 @@ class MemoryLimiter:
         return float(len(slots)), 0.0
 
     def _apply(self, request_id: str, check: Check, now: float) -> None:
-        if check.kind == "rate":
-            window = self._windows[check.key]
-            window.add(now, request_id, check.amount)
-        elif check.kind == "budget":
+        """Take a budget's or a slot check's amount; rate checks are added in `admit_now`."""
+        if check.kind == "budget":
             value, expires = self._budgets.get(check.key, (0.0, now + check.window_s))
             self._budgets[check.key] = (value + check.amount, expires)
         else:
