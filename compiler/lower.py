@@ -651,6 +651,7 @@ def _lower_usage(lw: Lowering, spec: dict[str, Any]) -> UsageSettings:
         store=_lower_store(lw, spec.get("store"), default.store, ("usage", "store")),
         retention_days=spec.get("retention_days", default.retention_days),
         log_prompts=spec.get("log_prompts", False),
+        flush_interval_s=float(spec.get("flush_interval_s", default.flush_interval_s)),
     )
 
 

@@ -377,6 +377,7 @@ class UsageSettings:
     store: StoreSettings = StoreSettings("sqlite", path="interlock-usage.db")
     retention_days: int = 90
     log_prompts: bool = False
+    flush_interval_s: float = 0.2
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,6 +125,7 @@ class Gateway:
         if snapshot.ledger_target == self._ledger_target:
             if self.ledger is not None and usage is not None:
                 self.ledger.retention_days = usage.retention_days
+                self.ledger.flush_s = usage.flush_interval_s
             return
         old = self.ledger
         self._ledger_target = snapshot.ledger_target
@@ -141,6 +142,7 @@ class Gateway:
             self.ledger = Ledger(
                 store,
                 retention_days=usage.retention_days,
+                flush_s=usage.flush_interval_s,
                 on_write=self.metrics.observe_ledger_write,
             )
             if self._running:

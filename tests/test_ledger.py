@@ -255,6 +255,22 @@ def test_prompts_are_kept_only_when_asked(serve: Any) -> None:
         assert CLIENT_KEY not in (records[name].prompt or "")
 
 
+def test_flush_interval_sets_how_often_records_are_written(
+    serve: Any, upstream_reset: MockUpstream
+) -> None:
+    gw, db = serve("  flush_interval_s: 4")
+    assert gw.gateway.ledger is not None and gw.gateway.ledger.flush_s == 4.0
+    oai(gw).chat.completions.create(model="to-openai", messages=MESSAGES, extra_headers=rid("f1"))
+    sent = time.monotonic()
+    time.sleep(0.5)
+    assert "f1" not in stored(db)  # NOTE: queued until the next flush, at most 4 s away
+    wait_for(lambda: "f1" in stored(db), "the flush", timeout=10)
+    assert time.monotonic() - sent > 0.5
+    ledger = gw.gateway.ledger
+    gw.swap(config(upstream_reset, db, "  flush_interval_s: 0.05"))
+    assert gw.gateway.ledger is ledger and ledger.flush_s == 0.05  # same store: kept, retuned
+
+
 def test_metrics_and_admin_usage(
     upstream_reset: MockUpstream, interlock: Callable[..., Interlock], tmp_path: Path
 ) -> None:
