@@ -245,3 +245,28 @@ def test_reload_waits_out_emfile_without_rejecting_or_flapping(
     assert (reloader.attempts, reloader.rejections) == (0, 0)
     assert reloader.last is not None and reloader.last.skipped  # never a deferred one
     assert gateway.snapshot.table.version == version
+
+
+def test_server_headers_are_hypercorns_own_rebuilt_each_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from email.utils import formatdate
+
+    import hypercorn.config
+    from hypercorn.config import Config
+
+    from runtime.connections import _server_headers
+
+    config, clock = Config(), [1_800_000_000.2]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    monkeypatch.setattr(hypercorn.config, "time", lambda: clock[0])
+    first = _server_headers(config)
+    assert first == config.response_headers("h11")
+    assert dict(first)[b"date"] == formatdate(1_800_000_000, usegmt=True).encode()
+    clock[0] += 0.7  # the same second: the same list
+    assert _server_headers(config) is first
+    clock[0] += 0.4  # the next second: a new date
+    assert dict(_server_headers(config))[b"date"] == formatdate(1_800_000_001, usegmt=True).encode()
+    other = Config()
+    other.include_server_header = False
+    assert b"server" not in dict(_server_headers(other))  # another config: its own headers
