@@ -34,9 +34,10 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.events import Event, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.events import Event as StreamEvent
-from hypercorn.protocol.events import Response
-from hypercorn.protocol.h11 import H11Protocol
-from hypercorn.typing import ConnectionState
+from hypercorn.protocol.events import Request, Response
+from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
+from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
+from hypercorn.typing import ASGISendEvent, ConnectionState
 from hypercorn.utils import parse_socket_addr
 
 from runtime.errors import GatewayError, error_body
@@ -176,11 +177,13 @@ def _server_headers(config: Any) -> list[tuple[bytes, bytes]]:
 
 
 def checked_headers(headers: list[tuple[bytes, bytes]]) -> Headers:
-    """h11's `Headers` for a response, validated as h11 would but in two passes over all names
-    and all values instead of two per header (PERF: ~1 µs a header, and the gateway sends
-    a dozen). Values come from Hypercorn, which strips surrounding whitespace. Anything the fast
-    check is unsure of (a framing header other than one plain Content-Length, a character h11
+    """h11's `Headers` for a response (the app's headers as sent, plus Hypercorn's own), made
+    and validated as Hypercorn and h11 would: names and values stripped of surrounding
+    whitespace, then checked in two passes over all names and all values instead of several per
+    header (PERF: ~3 µs a header, and the gateway sends a dozen). Anything the fast check is
+    unsure of (a framing header other than one plain Content-Length, a pseudo-header, a byte h11
     refuses) goes through h11's own `normalize_and_validate`, which raises as it always did."""
+    headers = [(name.strip(), value.strip()) for name, value in headers]  # NOTE: as Hypercorn
     full = []
     seen_length = False
     for name, value in headers:
@@ -222,6 +225,50 @@ class GatewayH11(H11Protocol):
         response = h11.Response(headers=checked_headers(headers), status_code=event.status_code)
         await self._send_h11_event(response)
 
+    async def _create_stream(self, request: h11.Request) -> None:
+        # NOTE: Hypercorn's, with `_Stream` for HTTP and h11's own lowercased names read as they
+        # are (PERF: it decoded, stripped and lowered every request header, then listed them
+        # through Sequence.__iter__: ~3,000 instructions a header). A WebSocket upgrade takes
+        # Hypercorn's own path.
+        items = request.headers._full_items
+        upgrade = connection = b""
+        for _, name, value in items:
+            if name == b"upgrade":
+                upgrade = value
+            elif name == b"connection":
+                connection = value
+        if upgrade and connection:
+            tokens = [token.strip() for token in connection.lower().split(b",")]
+            if b"upgrade" in tokens and upgrade.lower() == b"websocket":
+                await super()._create_stream(request)
+                return
+        self.stream = _Stream(
+            self.app,
+            self.config,
+            self.context,
+            self.task_group,
+            self.ssl,
+            self.client,
+            self.server,
+            self.stream_send,
+            STREAM_ID,
+        )
+        if self.config.h11_pass_raw_headers:
+            headers = [(raw, value) for raw, _, value in items]
+        else:
+            headers = [(name, value) for _, name, value in items]
+        await self.stream.handle(
+            Request(
+                stream_id=STREAM_ID,
+                headers=headers,
+                http_version=request.http_version.decode(),
+                method=request.method.decode("ascii").upper(),
+                raw_path=request.target,
+                state=self.connection_state,
+            )
+        )
+        self.keep_alive_requests += 1
+
     async def _send_error_response(self, status_code: int) -> None:
         connection = self.connection
         error = connection.last_error if isinstance(connection, _Connection) else None
@@ -240,6 +287,29 @@ class GatewayH11(H11Protocol):
         )
         await self._send_h11_event(h11.Data(data=body))
         await self._send_h11_event(h11.EndOfMessage())
+
+
+class _Stream(HTTPStream):
+    """Hypercorn's `HTTPStream` without its pass over the response headers (a strip of each and
+    a pseudo-header check): `GatewayH11.stream_send` checks them once, in `checked_headers`."""
+
+    async def app_send(self, message: ASGISendEvent | None) -> None:
+        if (
+            message is None
+            or message["type"] != "http.response.start"
+            or self.state != ASGIHTTPState.REQUEST
+        ):
+            await super().app_send(message)
+            return
+        self.response = message
+        await self.send(
+            Response(
+                stream_id=self.stream_id,
+                headers=list(message.get("headers", [])),
+                status_code=int(message["status"]),
+            )
+        )
+        self.state = ASGIHTTPState.RESPONSE
 
 
 def parse_rejection(
