@@ -5,8 +5,9 @@ figure on every run, where CPU time on a shared VM drifts by ±10 % within a min
 
 Each variant (`interleaved.VARIANTS`) is served under ``valgrind --tool=callgrind`` (about 40x
 slower; ~40 s to start), answers 200 warm-up requests, has its counters zeroed, answers
-`--requests` more (JSON or stream, one at a time over 4 keep-alive connections) and dumps
-them (`--keep DIR` keeps the dumps, for ``callgrind_annotate``). Two variants run at once.
+`--requests` more (JSON or stream, one at a time over 4 keep-alive connections, or
+`--concurrency` at once, one connection each) and dumps them (`--keep DIR` keeps the dumps,
+for ``callgrind_annotate``). Two variants run at once.
 Reported: instructions per request on the event loop's thread, on other threads (the SQLite
 ledger's writer) and in all, against the first variant.
 
@@ -16,8 +17,10 @@ the per-batch costs (a transaction, a hop to the writer's thread) ~30-fold. So l
 run with ``usage.flush_interval_s`` = `--flush-s` (10 s: ~200 records at callgrind's pace), and
 both the warm-up's and the counted requests' records are flushed before zeroing and dumping.
 
-What it does not show: cycles (cache misses and system calls are not counted), and anything
-else that depends on load (the Redis backend's pipelining has nothing to batch). Output:
+Redis: one request at a time, the limiter's pipelining has nothing to batch (each admission
+and each settlement is a round trip of its own); `--concurrency 32` lets it batch as under load.
+
+What it does not show: cycles (cache misses and system calls are not counted). Output:
 markdown on stdout; progress on stderr. Needs valgrind.
 """
 
@@ -42,24 +45,42 @@ _MAIN = "uv_run"  # the event loop's thread: everything under libuv's loop
 _THREADS = "pthread_create.c:start_thread"  # every other thread
 
 
-def send(port: int, count: int, stream: bool) -> None:
-    """`count` chat completions, one at a time, over 4 keep-alive connections; raises unless
-    every one answers 200."""
+def send(port: int, count: int, stream: bool, concurrency: int = 1) -> None:
+    """`count` chat completions over 4 keep-alive connections one at a time, or over
+    `concurrency` connections at once; raises unless every one answers 200."""
     model, extra = ("gpt-mock-stream", ',"stream":true') if stream else ("gpt-mock", "")
     body = f'{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]{extra}}}'.encode()
     headers = {"content-type": "application/json", "authorization": f"Bearer {g.KEY}"}
-    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=120) for _ in range(4)]
-    for n in range(count):
-        conn = conns[n % 4]
-        conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
-        response = conn.getresponse()
-        response.read()
-        if response.status != 200:
-            raise RuntimeError(f"port {port}: status {response.status}")
+
+    def run(connections: int, requests: int) -> None:
+        conns = [
+            http.client.HTTPConnection("127.0.0.1", port, timeout=300) for _ in range(connections)
+        ]
+        for n in range(requests):
+            conn = conns[n % connections]
+            conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"port {port}: status {response.status}")
+
+    if concurrency <= 1:
+        run(4, count)
+        return
+    with ThreadPoolExecutor(concurrency) as pool:
+        shares = [count // concurrency + (i < count % concurrency) for i in range(concurrency)]
+        for job in [pool.submit(run, 1, share) for share in shares]:
+            job.result()
 
 
 def count(
-    variant: str, port: int, requests: int, stream: bool, tmp: Path, flush_s: float
+    variant: str,
+    port: int,
+    requests: int,
+    stream: bool,
+    tmp: Path,
+    flush_s: float,
+    concurrency: int = 1,
 ) -> dict[str, float]:
     """Instructions per request of one variant: main thread, other threads, total."""
     folder = tmp / variant
@@ -80,11 +101,11 @@ def count(
     g.log(f"{variant}: starting under callgrind (~40 s)")
     try:
         g.wait_ready(port, proc, log, timeout_s=300)
-        send(port, 200, stream)
+        send(port, 200, stream, concurrency)
         time.sleep(settle)
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=True)
         g.log(f"{variant}: counting {requests} requests")
-        send(port, requests, stream)
+        send(port, requests, stream, concurrency)
         time.sleep(settle)  # NOTE: the counted requests' records written before dumping
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
         time.sleep(1)
@@ -118,6 +139,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--keep", type=Path, help="keep each variant's callgrind dump here")
     parser.add_argument(
+        "--concurrency", type=int, default=1, help="requests at once (1: one at a time)"
+    )
+    parser.add_argument(
         "--flush-s",
         type=float,
         default=10.0,
@@ -137,12 +161,22 @@ def main() -> int:
         folder = args.keep or Path(tmp_name)
         folder.mkdir(parents=True, exist_ok=True)
         jobs = {
-            vid: pool.submit(count, vid, 18300 + n, args.requests, stream, folder, args.flush_s)
+            vid: pool.submit(
+                count,
+                vid,
+                18300 + n,
+                args.requests,
+                stream,
+                folder,
+                args.flush_s,
+                args.concurrency,
+            )
             for n, vid in enumerate(ids)
         }
         results = {vid: job.result() for vid, job in jobs.items()}
     base = results[ids[0]]
-    print(f"# Instructions per request ({args.mode}, {args.requests} requests one at a time)\n")
+    pace = "one at a time" if args.concurrency <= 1 else f"{args.concurrency} at a time"
+    print(f"# Instructions per request ({args.mode}, {args.requests} requests {pace})\n")
     print("| variant | event loop thread | other threads | total | total vs first |")
     print("|---|---|---|---|---|")
     for vid in ids:

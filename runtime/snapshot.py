@@ -89,10 +89,11 @@ class Snapshot:
     key_store_target: tuple[str, str] | None = field(default=None, repr=False)
     # NOTE: masks every secret above (and the redact patterns) in upstream bytes and log lines
     redactor: Redactor = field(default_factory=lambda: Redactor(()), repr=False)
+    # PERF: the table's short version, read several times a request (headers, logs, ledger)
+    version: str = field(init=False, repr=False)
 
-    @property
-    def version(self) -> str:
-        return self.table.short_version
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "version", self.table.short_version)
 
 
 def resolve_secret(ref: SecretRef, what: str) -> str:
