@@ -93,6 +93,7 @@ def count(
     settle = flush_s + 2 if ledger else 1  # NOTE: the warm-up's records written before zeroing
     out = folder / "callgrind.out"
     env = dict(os.environ, MOCK_PORT=str(g.MOCK_PORT), INTERLOCK_BENCH_UPSTREAM_KEY="sk-mock")
+    env["PYTHONHASHSEED"] = "0"  # NOTE: the same dict and set layouts on every run
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
     cmd += ["-m", "runtime.cli", "serve", str(config), "--bind", f"127.0.0.1:{port}", "--no-watch"]
     log = folder / "log"
