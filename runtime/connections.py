@@ -1,8 +1,9 @@
 """One client connection on Hypercorn, with the behaviour the gateway needs below the app.
 
-Hypercorn 0.18's `TCPServer` and `H11Protocol` (and h11's `Connection`) are kept and changed in
-five places, each a small override (read `hypercorn/asyncio/tcp_server.py`,
-`hypercorn/protocol/h11.py` and `h11/_connection.py` beside this):
+Hypercorn 0.18's `TCPServer`, `H11Protocol` and `HTTPStream` (and h11's `Connection`) are kept
+and changed in six places, each a small override (read `hypercorn/asyncio/tcp_server.py`,
+`hypercorn/protocol/h11.py`, `hypercorn/protocol/http_stream.py` and `h11/_connection.py`
+beside this):
 
 - a peer that closes an idle keep-alive connection frees its fd at once (Hypercorn waited for
   its keep-alive timer, leaving the socket in CLOSE_WAIT for `keep_alive_timeout`);
@@ -12,8 +13,10 @@ five places, each a small override (read `hypercorn/asyncio/tcp_server.py`,
 - requests rejected by the HTTP parser (bad Content-Length or Host, oversized headers, a
   transfer coding other than chunked) get a JSON body in the OpenAI error shape, with a fixed
   message per kind that never echoes the request;
-- a response's headers are validated once, in two regex passes over all of them
-  (`checked_headers`), not twice per header by h11 and again when h11 frames a stream.
+- a response's headers are stripped and validated once, in one pass and two byte scans over
+  all of them (`checked_headers`), not by Hypercorn, then twice per header by h11, then again
+  when h11 frames a stream; Hypercorn's ``date`` and ``server`` headers are built once a second;
+- a request's headers reach the app as h11 parsed them (Hypercorn decoded and re-lowered each).
 
 `refuse(reader, writer, limit)` answers a connection over `server.max_connections` with a 503.
 """
