@@ -15,7 +15,6 @@ the raw rows whose id is new, then one upsert per daily group of exactly those r
 from __future__ import annotations
 
 import asyncio
-import functools
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -119,6 +118,12 @@ _PRUNE = "DELETE FROM usage_records WHERE day < {}"
 # record). Three shapes only: each is parsed once (a 64-row INSERT: ~2M instructions) and then
 # served from sqlite3's statement cache; 64 rows cost the same per row as 256 (callgrind).
 _SQLITE_CHUNKS = (64, 8, 1)
+_SQLITE_ROW = f"({', '.join('?' * len(_RECORD_COLUMNS))})"
+_SQLITE_INSERTS = {
+    size: f"INSERT INTO usage_records ({', '.join(_RECORD_COLUMNS)}) "
+    f"VALUES {', '.join([_SQLITE_ROW] * size)} ON CONFLICT (id) DO NOTHING"
+    for size in _SQLITE_CHUNKS
+}
 
 # PERF: sqlite3 binds a str, int or float as it is, but for any other value it first looks for
 # an adapter, and a miss costs two failed attribute lookups (~3,000 instructions); a record has
@@ -127,16 +132,6 @@ _SQLITE_CHUNKS = (64, 8, 1)
 # sqlite3 binds without them, so every other sqlite3 user in the process is unaffected.
 sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))
 sqlite3.register_adapter(bool, int)
-
-
-@functools.lru_cache(maxsize=4)
-def _sqlite_insert(rows: int) -> str:
-    """The INSERT of `rows` rows."""
-    row = f"({', '.join('?' * len(_RECORD_COLUMNS))})"
-    return (
-        f"INSERT INTO usage_records ({', '.join(_RECORD_COLUMNS)}) "
-        f"VALUES {', '.join([row] * rows)} ON CONFLICT (id) DO NOTHING"
-    )
 
 
 _SQLITE_EXISTING = "SELECT id FROM usage_records WHERE id IN (SELECT value FROM json_each(?))"
@@ -288,7 +283,7 @@ def _sqlite_insert_rows(
             for r, day in zip(records[start:end], days[start:end], strict=True):
                 params += astuple(r)
                 params.append(day)
-            conn.execute(_sqlite_insert(size), params)
+            conn.execute(_SQLITE_INSERTS[size], params)
             start = end
     return conn.total_changes - before
 
