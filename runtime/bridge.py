@@ -23,7 +23,7 @@ import msgspec
 
 from compiler.transforms import Step, apply_stream_steps
 from runtime.errors import GatewayError, is_anthropic
-from runtime.metering import RawTap, Trace
+from runtime.metering import RawTap, Trace, UsageFields
 from runtime.redaction import Redactor, is_error_payload, redact_error_events, reports_error
 from runtime.sse import NDJSONDecoder, SSEDecoder, lf_framing
 from runtime.translate import TranslationError
@@ -112,7 +112,7 @@ class Bridge:
                 return ResponsesRawRelay(api, self.terminator, trace, redactor, max_event)
             return RawRelay(api, self.terminator, trace, redactor, max_event)
         if self.translator is None and not steps and trace is not None and api in _CHUNK_APIS:
-            return UsageStripRelay(api, self.terminator, trace, redactor, max_event)
+            return RawRelay(api, self.terminator, trace, redactor, max_event, strip_usage=True)
         translator = None
         if self.translator is not None:
             prompt_tokens = 0
@@ -163,93 +163,47 @@ def _event_too_large(limit: int) -> UpstreamFailure:
 
 
 _CHUNK_APIS = frozenset({"openai.chat", "openai.completions"})
-_USAGE_OBJECT = (b'"usage":{', b'"usage": {')
 
 
-class UsageStripRelay:
-    """Same protocol, an OpenAI stream whose client did not ask for usage (the gateway did, for
-    the ledger): bytes pass through untouched except the usage-only chunk, which is read and
-    dropped. PERF: events are found by their blank line; only an event holding a usage
-    *object* is decoded (the other chunks carry ``"usage":null``)."""
+def _usage_at(events: bytes, start: int = 0) -> int:
+    """Where the next usage *object* begins in `events` (not ``"usage":null``), or -1. PERF: two
+    byte searches (~1 instruction a byte each; a regex costs ~5)."""
+    tight = events.find(b'"usage":{', start)
+    spaced = events.find(b'"usage": {', start)
+    return spaced if tight < 0 or 0 <= spaced < tight else tight
 
-    __slots__ = ("_buf", "_max_event", "_meter", "_raw", "api")
 
-    def __init__(
-        self,
-        api: str,
-        terminator: bytes,
-        trace: Trace,
-        redactor: Redactor | None = None,
-        max_event: int = DEFAULT_MAX_BODY,
-    ) -> None:
-        self.api = api
-        self._raw = RawRelay(api, terminator, trace, redactor, max_event)
-        self._meter = trace.meter
-        self._max_event = max_event
-        self._buf = b""
+class _UsageChunk(msgspec.Struct):
+    """What a usage marker's event is read as: usage-only when ``choices`` is ``[]``."""
 
-    def feed(self, chunk: bytes) -> bytes:
-        data = self._buf + chunk
-        if b"\r" in data:  # NOTE: CRLF framing is equivalent to LF for SSE
-            data = data.replace(b"\r\n", b"\n")
-        end = data.rfind(b"\n\n")
-        if end < 0:
-            if len(data) > self._max_event:
-                raise _event_too_large(self._max_event)
-            self._buf = data
-            return b""
-        ready, self._buf = data[: end + 2], data[end + 2 :]
-        if any(marker in ready for marker in _USAGE_OBJECT):
-            ready = self._strip(ready)
-        return self._raw.feed(ready) if ready else b""
+    choices: list[Any] | None = None
+    usage: UsageFields | None = None
 
-    def finish(self) -> bytes:
-        tail = self._raw.feed(self._strip(self._buf)) if self._buf else b""
-        self._buf = b""
-        return tail + self._raw.finish()
 
-    @property
-    def at_boundary(self) -> bool:
-        return self._raw.at_boundary
-
-    @property
-    def failed(self) -> bool:
-        return self._raw.failed
-
-    def _strip(self, events: bytes) -> bytes:
-        """`events` without the usage-only chunk. PERF: only the events around a usage marker
-        are looked at (the usage chunk is one event, usually the last before ``[DONE]``)."""
-        out = []
-        start = 0
-        while True:
-            at = min((i for m in _USAGE_OBJECT if (i := events.find(m, start)) >= 0), default=-1)
-            if at < 0:
-                break
-            begin = events.rfind(b"\n\n", start, at)
-            begin = start if begin < 0 else begin + 2
-            end = events.find(b"\n\n", at)
-            end = len(events) if end < 0 else end + 2
-            event = events[begin:end]
-            data = None
-            if event.startswith(b"data: "):
-                with contextlib.suppress(msgspec.DecodeError):
-                    data = _decode(event[6:])
-            if self._meter.observe_event(self.api, None, data):
-                out.append(events[start:begin])
-            else:
-                out.append(events[start:end])
-            start = end
-        out.append(events[start:])
-        return b"".join(out)
+_decode_usage_chunk = msgspec.json.Decoder(_UsageChunk).decode
 
 
 class RawRelay:
     """Same protocol, no stream transforms: events go through untouched, whole (an event is
     passed on once its blank line came), except an upstream error event, whose strings are
     redacted. At the end it checks that the upstream stream ended properly: with ``[DONE]`` /
-    ``message_stop``, or with an error event (then the stream's last event)."""
+    ``message_stop``, or with an error event (then the stream's last event).
 
-    __slots__ = ("_held", "_max_event", "_redactor", "_tail", "_tap", "api", "terminator")
+    `strip_usage` (an OpenAI stream whose client did not ask for usage; the gateway did, for the
+    ledger): the usage-only chunk is read into the trace's meter and dropped. PERF: only an
+    event holding a usage *object* is decoded (other chunks carry ``"usage":null``), into the
+    usage counters alone when it is the usage-only chunk."""
+
+    __slots__ = (
+        "_held",
+        "_max_event",
+        "_meter",
+        "_redactor",
+        "_tail",
+        "_tap",
+        "api",
+        "terminator",
+    )
 
     def __init__(
         self,
@@ -258,6 +212,8 @@ class RawRelay:
         trace: Trace | None = None,
         redactor: Redactor | None = None,
         max_event: int = DEFAULT_MAX_BODY,
+        *,
+        strip_usage: bool = False,
     ) -> None:
         self.api = api
         self.terminator = terminator
@@ -266,6 +222,7 @@ class RawRelay:
         self._held = bytearray()  # the start of an event whose end has not come yet
         self._redactor = redactor if redactor is not None else Redactor(())
         self._tap = None
+        self._meter = trace.meter if strip_usage and trace is not None else None
         if trace is not None:
             self._tap = trace.raw_chunks = RawTap()
 
@@ -289,7 +246,7 @@ class RawRelay:
                 return b""
             held += chunk[end + 2 :]
             self._check_held()
-            return redact_error_events(chunk[: end + 2], self._redactor)
+            return self._pass(chunk if end + 2 == len(chunk) else chunk[: end + 2])
         # PERF: a long event in many chunks is appended, and only its new bytes are searched
         start = len(held) - 1
         held += chunk
@@ -299,7 +256,49 @@ class RawRelay:
             return b""
         ready = bytes(held[: end + 2])
         del held[: end + 2]
-        return redact_error_events(ready, self._redactor)
+        return self._pass(ready)
+
+    def _pass(self, events: bytes) -> bytes:
+        """Whole events on their way to the client."""
+        if self._meter is not None:
+            at = _usage_at(events)
+            if at >= 0:
+                events = self._strip(events, at)
+        return redact_error_events(events, self._redactor)
+
+    def _strip(self, events: bytes, at: int) -> bytes:
+        """`events` without the usage-only chunk; `at`: the first usage marker. PERF: only the
+        events around a usage marker are looked at (the usage chunk is one event, usually the
+        last before ``[DONE]``)."""
+        out = []
+        start = 0
+        while at >= 0:
+            begin = events.rfind(b"\n\n", start, at)
+            begin = start if begin < 0 else begin + 2
+            end = events.find(b"\n\n", at)
+            end = len(events) if end < 0 else end + 2
+            if self._usage_only(events[begin:end]):
+                out.append(events[start:begin])
+            else:
+                out.append(events[start:end])
+            start = end
+            at = _usage_at(events, start)
+        out.append(events[start:])
+        return b"".join(out)
+
+    def _usage_only(self, event: bytes) -> bool:
+        """Reads one event's usage into the meter; True when it is the usage-only chunk."""
+        assert self._meter is not None
+        payload = event[6:] if event.startswith(b"data: ") else b""
+        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+            chunk = _decode_usage_chunk(payload)
+            if chunk.choices == [] and chunk.usage is not None:
+                self._meter.observe_usage(chunk.usage, final=True)
+                return True
+        data = None
+        with contextlib.suppress(msgspec.DecodeError):
+            data = _decode(payload)
+        return self._meter.observe_event(self.api, None, data)
 
     def _check_held(self) -> None:
         if len(self._held) > self._max_event:
@@ -311,7 +310,7 @@ class RawRelay:
         self._held.clear()
         if not self._ended_properly():
             raise UpstreamFailure("bad_response", "upstream stream ended before it was complete")
-        return redact_error_events(rest + b"\n\n", self._redactor) if rest else b""
+        return self._pass(rest + b"\n\n") if rest else b""
 
     def _ended_properly(self) -> bool:
         return self.terminator in self._tail[-64:] or self._ended_with_error()

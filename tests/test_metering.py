@@ -336,7 +336,7 @@ def test_a_full_queue_counts_what_it_drops() -> None:
     assert ledger.depth == 10 and ledger.dropped == 15
 
 
-# --- the usage-strip relay -------------------------------------------------------------------
+# --- the raw relay that strips usage ------------------------------------------------------
 
 
 @settings(max_examples=200, deadline=None)
@@ -347,12 +347,12 @@ def test_a_full_queue_counts_what_it_drops() -> None:
 def test_usage_strip_relay_passes_everything_but_the_usage_chunk(
     cuts: list[int], crlf: bool
 ) -> None:
-    from runtime.bridge import UsageStripRelay
+    from runtime.bridge import RawRelay
     from runtime.metering import Trace
 
     upstream = OPENAI_STREAM.replace(b"\n", b"\r\n") if crlf else OPENAI_STREAM
     trace = Trace()
-    relay = UsageStripRelay("openai.chat", b"[DONE]", trace)
+    relay = RawRelay("openai.chat", b"[DONE]", trace, strip_usage=True)
     out = b"".join(relay.feed(chunk) for chunk in chunked(upstream, cuts)) + relay.finish()
     usage_event = OPENAI_STREAM.split(b"\n\n")[3] + b"\n\n"
     assert out == OPENAI_STREAM.replace(usage_event, b"")
