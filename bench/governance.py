@@ -46,6 +46,7 @@ MOCK_PORT = int(os.environ.get("MOCK_PORT", "18080"))
 KEY = "sk-bench-0123456789abcdef"  # the bench route matches "Bearer sk-bench-"
 PG_DSN = "postgresql://127.0.0.1:5432/test"
 PG_SCHEMA = "bench_ledger"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 MODES = (("json", 32), ("stream", 8))  # (mode, concurrent connections)
 WARMUP_CONNS = 8
 
@@ -91,7 +92,7 @@ VARIANTS = (
     Variant(
         "limits-redis",
         "limits on, Redis",
-        _LIMITS + '  backend: {kind: redis, url: "redis://127.0.0.1:6379/0"}\n',
+        _LIMITS + f'  backend: {{kind: redis, url: "{REDIS_URL}"}}\n',
     ),
     Variant(
         "all",

@@ -73,6 +73,18 @@ def send(port: int, count: int, stream: bool, concurrency: int = 1) -> None:
             job.result()
 
 
+def redis_round_trips() -> int:
+    """EVAL/EVALSHA calls the bench's Redis has answered so far (a limiter batch is one)."""
+    import redis
+
+    client = redis.Redis.from_url(g.REDIS_URL)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return sum(int(v.get("calls", 0)) for k, v in stats.items() if k.startswith("cmdstat_eval"))
+
+
 def count(
     variant: str,
     port: int,
@@ -106,8 +118,11 @@ def count(
         time.sleep(settle)
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=True)
         g.log(f"{variant}: counting {requests} requests")
+        calls = redis_round_trips() if "redis" in variant else None
         send(port, requests, stream, concurrency)
         time.sleep(settle)  # NOTE: the counted requests' records written before dumping
+        if calls is not None:
+            calls = redis_round_trips() - calls
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
         time.sleep(1)
     finally:
@@ -118,6 +133,8 @@ def count(
         ["callgrind_annotate", "--inclusive=yes", str(dump)], capture_output=True, text=True
     ).stdout
     found = {"total": 0.0, "main": 0.0, "threads": 0.0}
+    if calls is not None:
+        found["redis_round_trips"] = calls / requests
     for line in text.splitlines():
         match = _LINE.match(line)
         if match is None:
@@ -187,6 +204,10 @@ def main() -> int:
             f"| {il.VARIANTS[vid].name} | {r['main'] / 1e3:,.0f}k | {r['threads'] / 1e3:,.0f}k "
             f"| {r['total'] / 1e3:,.0f}k | {change} |"
         )
+    for vid in ids:
+        if "redis_round_trips" in results[vid]:
+            trips = results[vid]["redis_round_trips"]
+            print(f"\n{il.VARIANTS[vid].name}: {trips:.3f} Redis round trips (EVALSHA) per request")
     return 0
 
 

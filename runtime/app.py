@@ -201,6 +201,8 @@ class Gateway:
             limiter, hold, now = self.state.limiter, trace.admission.hold, self.state.clock()
             if isinstance(limiter, MemoryLimiter):  # PERF: nothing to wait for, so no task
                 limiter.settle_now(hold, settlements, now)
+            elif (settle_soon := getattr(limiter, "settle_soon", None)) is not None:
+                settle_soon(hold, settlements, now)  # PERF: Redis queues it: no task either
             else:
                 self._background(limiter.settle(hold, settlements, now))
         if fill is None or cache is None or record is None:

@@ -266,6 +266,73 @@ def test_redis_calls_take_one_round_trip_and_survive_a_script_flush(
     assert after == state(1000, 300)  # each lost settlement applied exactly once after reload
 
 
+def test_redis_sends_what_queued_together_and_an_operation_fails_alone(
+    redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """64 admissions at once are one EVALSHA (or two: the first may go alone); one whose key
+    holds another type fails with Redis's message while the rest of its batch is admitted; a
+    settlement queued without waiting (`settle_soon`) logs its failure."""
+    import redis.asyncio
+
+    from runtime.state.limits_redis import RedisLimiter, RedisLimiterError
+
+    rpm = Check("rate", "p:rpm:team-a", 64, 1, 60)
+    broken = Check("budget", "p:tokens_per_day:broken", 1000, 10, 86400)
+
+    async def evalsha_calls(client: redis.asyncio.Redis) -> int:
+        stats = await client.info("commandstats")
+        return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+    async def main() -> tuple[int, list[Verdict | BaseException]]:
+        client = redis.asyncio.Redis.from_url(REDIS_URL)
+        limiter = RedisLimiter(REDIS_URL, prefix=redis_prefix)
+        try:
+            await client.set(f"{redis_prefix}budget:{broken.key}", "not a hash")
+            before = await evalsha_calls(client)
+            checks = [[rpm, broken] if n == 7 else [rpm] for n in range(64)]
+            verdicts = await asyncio.gather(
+                *(limiter.admit(f"r{n}", c, T0) for n, c in enumerate(checks)),
+                return_exceptions=True,
+            )
+            calls = await evalsha_calls(client) - before
+            limiter.settle_soon("r7", [Settlement(broken, 5)], T0)
+            await limiter.close()  # NOTE: sends what is queued first
+            return calls, verdicts
+        finally:
+            await client.aclose()
+
+    with caplog.at_level("WARNING", logger="interlock"):
+        calls, verdicts = asyncio.run(main())
+    assert calls <= 2
+    failed = verdicts[7]
+    assert isinstance(failed, RedisLimiterError) and "WRONGTYPE" in str(failed)
+    admitted = [v for n, v in enumerate(verdicts) if n != 7]
+    assert all(isinstance(v, Verdict) and v.admitted for v in admitted)
+    # NOTE: 63 admitted, each counted once, in the order they were queued
+    assert sorted(v.states[0].used for v in admitted if isinstance(v, Verdict)) == list(
+        range(1, 64)
+    )
+    assert any("limit settlement failed" in r.getMessage() for r in caplog.records)
+
+
+def test_redis_splits_a_long_queue_into_evalshas_of_at_most_256(redis_prefix: str) -> None:
+    from runtime.state.limits_redis import RedisLimiter
+
+    rpm = Check("rate", "p:rpm:team-a", 600, 1, 60)
+
+    async def main() -> list[Verdict]:
+        limiter = RedisLimiter(REDIS_URL, prefix=redis_prefix)
+        try:
+            return await asyncio.gather(*(limiter.admit(f"r{n}", [rpm], T0) for n in range(601)))
+        finally:
+            await limiter.close()
+
+    verdicts = asyncio.run(main())
+    admitted = sorted(v.states[0].used for v in verdicts if v.admitted)
+    assert admitted == list(range(1, 601))  # NOTE: the 601st is refused, whichever it was
+    assert sum(not v.admitted for v in verdicts) == 1
+
+
 def test_cost_budgets_add_up_as_memory_does(backend: Backend) -> None:
     cost = Check("budget", "p:cost_per_day:team-a:2026-11-29", 1.0, 0.1, 172800)
 

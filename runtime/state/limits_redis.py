@@ -4,13 +4,17 @@
     verdict = await limiter.admit("req-1", [Check("rate", "p:rpm:team-a", 20, 1, 60)], now)
     verdict.admitted, verdict.states[0].remaining -> True, 19.0
 
-One EVALSHA of a Lua script per `admit` and per `settle`, however many checks (none for no
-checks). Admissions ready in the same event loop iteration share one pipelined round trip, and
-settlements arriving within 2 ms another (`_Batched`); a Redis that lost its script cache costs
-one SCRIPT LOAD more, once. The admit script reads every check first, returns the
-states untouched when one refuses, and only then applies them all. Redis runs one script at a
-time, so admission is atomic across processes as `MemoryLimiter`'s is within one. Keys, with the
-default prefix:
+Every admission and settlement is one operation of one Lua script, and one EVALSHA carries all
+the operations this process queued while its previous EVALSHA was on its way (`_Batches`): an
+idle gateway sends each at once, a loaded one serves tens of requests with one round trip, and
+redis-py's work per command (packing, parsing, a timeout per reply) is paid once per batch.
+Redis runs one script at a time and the script runs the operations one after another, in the
+order they were queued, each exactly as it would run alone; so admission is atomic across
+processes as `MemoryLimiter`'s is within one. An operation that fails (a key of the wrong type)
+fails alone. A Redis that lost its script cache costs one SCRIPT LOAD more, once.
+
+An admission reads every check first, returns the states untouched when one refuses, and only
+then applies them all. Keys, with the default prefix:
 
     rate    interlock:rate:<key>      sorted set, member "<amount>|<request id>", score: the time
                                       of admission; entries older than the window go on each read
@@ -35,15 +39,16 @@ arithmetic in its order, so `used` and `reset_s` are its doubles; with fractiona
 the last bits may differ, as entries leave the sum in time order, not arrival order.
 
 A failure (refused, no answer within `timeout_s`, no free connection within `timeout_s`) raises:
-the caller decides whether to admit. A command is never retried: a retried admission could count
-twice. Needs Redis 6.0 or later (``SET ... KEEPTTL``) and one instance, not a cluster (a
-request's keys would live on different nodes).
+the caller decides whether to admit. A batch is never retried (a retried admission could count
+twice), except after NOSCRIPT, when Redis ran none of it. Needs Redis 6.0 or later (``SET ...
+KEEPTTL``) and one instance, not a cluster (a batch's keys would live on different nodes).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio
@@ -53,11 +58,17 @@ from redis.exceptions import NoScriptError
 
 from runtime.state.limits import Check, CheckState, Settlement, Verdict
 
-# Shared by both scripts: ARGV[1] is the request id, ARGV[2] `now`; each check's fields go into a
-# table `c` (kind, key, sum, limit, amount, amount_s, actual, actual_s, window).
-_LUA_COMMON = r"""
-local rid = ARGV[1]
-local now = tonumber(ARGV[2])
+_LOG = logging.getLogger("interlock")
+
+# One script runs a batch. ARGV holds two entries per operation: its request id, then its spec, in
+# words: admit "a <now> (<kind> <key> [<sum key>] <limit> <amount> <window>)...", settle "s <now>
+# (<kind> <key> [<sum key>] <reserved> <actual> <window>)..."; keys are indexes into KEYS (each
+# key of the batch once), numbers ``repr`` text. A rate check has a sum key, the others none.
+# Returns one line per operation, joined by "\n": admit "<admitted> <refused index or -1>
+# <used_1> <reset_1> <used_2> <reset_2> ...", settle "0", a failed operation "E <message>".
+_LUA = r"""
+-- the operation being run: its request id, its clock, and what it read of each key
+local rid, now, used
 -- a budget outlives its expiry by this much, so that a late settlement lands in it (as in
 -- MemoryLimiter, which drops a counter only when it next reads it) rather than recreating it
 local LATE_SETTLEMENT_S = 3600
@@ -112,25 +123,26 @@ local function budget_add(c, plus, minus)
   end
   return value
 end
-"""
 
-# KEYS: per check its key (rate: its log, then its sum); ARGV[3..]: kind, limit, amount, window.
-# Returns {admitted, refused index or -1, used_1, reset_1, used_2, reset_2, ...}.
-_ADMIT_LUA = (
-    _LUA_COMMON
-    + r"""
-local checks = {}
-local k = 1
-for i = 3, #ARGV, 4 do
-  local c = {kind = ARGV[i], key = KEYS[k], limit = tonumber(ARGV[i + 1]),
-             amount_s = ARGV[i + 2], amount = tonumber(ARGV[i + 2]),
-             window = tonumber(ARGV[i + 3])}
-  k = k + 1
-  if c.kind == 'rate' then
-    c.sum = KEYS[k]
-    k = k + 1
+-- the checks of a spec's words: a (limit, amount, window) for admit, (amount, actual, window)
+-- for settle; the words' text is kept where it becomes part of a member
+local function parse(words)
+  local checks = {}
+  local i = 3
+  while i <= #words do
+    local c = {kind = words[i], key = KEYS[tonumber(words[i + 1])]}
+    i = i + 2
+    if c.kind == 'rate' then
+      c.sum = KEYS[tonumber(words[i])]
+      i = i + 1
+    end
+    c.first_s, c.second_s = words[i], words[i + 1]
+    c.first, c.second = tonumber(words[i]), tonumber(words[i + 1])
+    c.window = tonumber(words[i + 2])
+    i = i + 3
+    checks[#checks + 1] = c
   end
-  checks[#checks + 1] = c
+  return checks
 end
 
 -- drops the entries that left the window; an empty log sums to 0 whatever its sum key says
@@ -170,9 +182,7 @@ local function slots_used(c)
   return redis.call('ZCARD', c.key)
 end
 
--- what each key holds: read once (dropping what expired), then kept current by take()
-local used = {}
-
+-- what a key holds: read once per operation (dropping what expired), then kept current by take()
 local function read(c)
   if used[c.key] == nil then
     if c.kind == 'rate' then
@@ -223,7 +233,7 @@ local function take(c)
 end
 
 -- {admitted, refused, used_1, reset_1, ...}; `judge`: note the first check that refuses
-local function states(out, judge)
+local function states(checks, out, judge)
   for i, c in ipairs(checks) do
     local total = read(c)
     local reset = 0
@@ -240,54 +250,73 @@ local function states(out, judge)
 end
 
 -- every check is read (as it stands) before anything changes, as in MemoryLimiter.admit
-local before = states({0, -1}, true)
-if before[2] >= 0 then
-  return before
-end
-for _, c in ipairs(checks) do
-  take(c)
-end
-return states({1, -1}, false)
-"""
-)
-
-# KEYS as for admit; ARGV[3..]: kind, reserved amount, actual, window.
-_SETTLE_LUA = (
-    _LUA_COMMON
-    + r"""
-local k = 1
-for i = 3, #ARGV, 4 do
-  local c = {kind = ARGV[i], key = KEYS[k], amount_s = ARGV[i + 1],
-             amount = tonumber(ARGV[i + 1]), actual_s = ARGV[i + 2],
-             actual = tonumber(ARGV[i + 2]), window = tonumber(ARGV[i + 3])}
-  k = k + 1
-  if c.kind == 'rate' then
-    c.sum = KEYS[k]
-    k = k + 1
-    local old = c.amount_s .. '|' .. rid
-    local score = redis.call('ZSCORE', c.key, old)
-    if score and c.actual ~= c.amount then
-      local total, kept = read_sum(c)
-      -- NOTE: add before removing: removing the last member first would delete the key and
-      -- its TTL, and adding would then recreate it without one
-      add_entry(c, score, c.actual_s)
-      redis.call('ZREM', c.key, old)
-      total = fmt(total + (c.actual - c.amount))
-      if kept then
-        redis.call('SET', c.sum, total, 'KEEPTTL')
-      else
-        redis.call('SET', c.sum, total, 'PX', ttl_ms(c.window))
-      end
-    end
-  elseif c.kind == 'budget' then
-    budget_add(c, c.actual, c.amount)
-  else
-    redis.call('ZREM', c.key, rid)
+local function admit(checks)
+  for _, c in ipairs(checks) do
+    c.limit, c.amount_s, c.amount = c.first, c.second_s, c.second
   end
+  local before = states(checks, {0, -1}, true)
+  if before[2] < 0 then
+    for _, c in ipairs(checks) do
+      take(c)
+    end
+    before = states(checks, {1, -1}, false)
+  end
+  return table.concat(before, ' ')
 end
-return 0
+
+local function settle(checks)
+  for _, c in ipairs(checks) do
+    c.amount_s, c.amount, c.actual_s, c.actual = c.first_s, c.first, c.second_s, c.second
+    if c.kind == 'rate' then
+      local old = c.amount_s .. '|' .. rid
+      local score = redis.call('ZSCORE', c.key, old)
+      if score and c.actual ~= c.amount then
+        local total, kept = read_sum(c)
+        -- NOTE: add before removing: removing the last member first would delete the key and
+        -- its TTL, and adding would then recreate it without one
+        add_entry(c, score, c.actual_s)
+        redis.call('ZREM', c.key, old)
+        total = fmt(total + (c.actual - c.amount))
+        if kept then
+          redis.call('SET', c.sum, total, 'KEEPTTL')
+        else
+          redis.call('SET', c.sum, total, 'PX', ttl_ms(c.window))
+        end
+      end
+    elseif c.kind == 'budget' then
+      budget_add(c, c.actual, c.amount)
+    else
+      redis.call('ZREM', c.key, rid)
+    end
+  end
+  return '0'
+end
+
+local function run(spec)
+  local words = {}
+  for word in string.gmatch(spec, '%S+') do
+    words[#words + 1] = word
+  end
+  now, used = tonumber(words[2]), {}
+  if words[1] == 'a' then
+    return admit(parse(words))
+  end
+  return settle(parse(words))
+end
+
+local out = {}
+for i = 1, #ARGV, 2 do
+  rid = ARGV[i]
+  local ok, result = pcall(run, ARGV[i + 1])
+  if not ok then
+    -- NOTE: a failed redis.call raises a table with its message in `err`
+    local message = type(result) == 'table' and result.err or tostring(result)
+    result = 'E ' .. string.gsub(message, '\n', ' ')
+  end
+  out[#out + 1] = result
+end
+return table.concat(out, '\n')
 """
-)
 
 
 def _number(value: float) -> str:
@@ -295,7 +324,8 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-_SETTLE_BATCH_S = 0.002
+_MAX_BATCH = 256  # operations in one EVALSHA (Redis serves nobody else while it runs); more go
+# as several EVALSHAs at once
 
 
 class RedisLimiter:
@@ -323,118 +353,157 @@ class RedisLimiter:
             retry=Retry(NoBackoff(), 0),  # NOTE: a retried admission could count twice
         )
         self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_pool(pool)
-        # PERF: admissions ready in the same loop iteration share a round trip (no added wait);
-        # settlements wait up to 2 ms for company (nobody waits on them)
-        self._admit = _Batched(self._client, _ADMIT_LUA, 0.0)
-        self._settle = _Batched(self._client, _SETTLE_LUA, _SETTLE_BATCH_S)
+        self._batches = _Batches(self._client)
 
     async def admit(self, request_id: str, checks: Sequence[Check], now: float) -> Verdict:
         if not checks:
             return Verdict(True, ())
-        keys: list[str] = []
-        args: list[str] = [request_id, _number(now)]
-        for check in checks:
-            keys += self._keys(check)
-            args += (
-                check.kind,
-                _number(check.limit),
-                _number(check.amount),
-                _number(check.window_s),
-            )
-        reply: list[Any] = await self._admit.call(keys, args)
+        done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._batches.add(request_id, self._operation("a", checks, now, _admit_numbers), done)
+        words = (await done).split()
         states = tuple(
-            CheckState(check.limit, float(reply[2 + 2 * i]), float(reply[3 + 2 * i]))
+            CheckState(check.limit, float(words[2 + 2 * i]), float(words[3 + 2 * i]))
             for i, check in enumerate(checks)
         )
-        if reply[0] == 1:
+        if words[0] == b"1":
             return Verdict(True, states)
-        return Verdict(False, states, int(reply[1]))
+        return Verdict(False, states, int(words[1]))
 
     async def settle(self, request_id: str, settlements: Sequence[Settlement], now: float) -> None:
         if not settlements:
             return
-        keys: list[str] = []
-        args: list[str] = [request_id, _number(now)]
-        for settlement in settlements:
-            check = settlement.check
-            keys += self._keys(check)
-            args += (
-                check.kind,
-                _number(check.amount),
-                _number(settlement.actual),
-                _number(check.window_s),
-            )
-        await self._settle.call(keys, args)
+        done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.settle_soon(request_id, settlements, now, done)
+        await done
+
+    def settle_soon(
+        self,
+        request_id: str,
+        settlements: Sequence[Settlement],
+        now: float,
+        done: asyncio.Future[bytes] | None = None,
+    ) -> None:
+        """`settle` without waiting (PERF: no task per request): queued for the next batch; a
+        failure goes to `done` or, without one, to the log."""
+        if settlements:
+            operation = self._operation("s", settlements, now, _settle_numbers)
+            self._batches.add(request_id, operation, done)
 
     async def close(self) -> None:
-        await self._admit.drain()
-        await self._settle.drain()
+        await self._batches.drain()
         await self._client.aclose()
 
-    def _keys(self, check: Check) -> list[str]:
-        if check.kind == "rate":
-            return [f"{self.prefix}rate:{check.key}", f"{self.prefix}rate-sum:{check.key}"]
-        if check.kind == "budget":
-            return [f"{self.prefix}budget:{check.key}"]
-        return [f"{self.prefix}slots:{check.key}"]
+    def _operation(
+        self,
+        op: str,
+        items: Sequence[Any],
+        now: float,
+        numbers: Callable[[Any], str],
+    ) -> _Operation:
+        """An operation's words before its keys are numbered: ``(op, now, [(kind, keys,
+        numbers), ...])``."""
+        parts = []
+        prefix = self.prefix
+        for item in items:
+            check = item if isinstance(item, Check) else item.check
+            kind, key = check.kind, check.key
+            if kind == "rate":
+                keys: tuple[str, ...] = (f"{prefix}rate:{key}", f"{prefix}rate-sum:{key}")
+            else:
+                keys = (f"{prefix}{kind}:{key}",)
+            parts.append((kind, keys, numbers(item)))
+        return f"{op} {_number(now)}", parts
 
 
-class _Batched:
-    """Calls of one Lua script that arrive within `delay_s` (0: in the same event loop iteration)
-    share one pipelined round trip (a loopback round trip costs ~100 µs of CPU here); each
-    caller gets its own reply or exception. Plain EVALSHAs: a pipeline holding a redis-py
-    `Script` sends SCRIPT EXISTS first, a second round trip every time. A Redis that lost the
-    script (restart, SCRIPT FLUSH) ran none of those calls: it is loaded once and only they go
-    again, so nothing is applied twice."""
+def _admit_numbers(check: Check) -> str:
+    return f"{_number(check.limit)} {_number(check.amount)} {_number(check.window_s)}"
 
-    def __init__(self, client: redis.asyncio.Redis, script: str, delay_s: float) -> None:
+
+def _settle_numbers(settlement: Settlement) -> str:
+    check = settlement.check
+    return f"{_number(check.amount)} {_number(settlement.actual)} {_number(check.window_s)}"
+
+
+# ("<op> <now>", [(kind, keys, "<number> <number> <number>"), ...])
+_Operation = tuple[str, list[tuple[str, tuple[str, ...], str]]]
+
+
+class _Batches:
+    """The operations of one `RedisLimiter` on their way to Redis: queued, then sent as one
+    EVALSHA when none is on its way (no timer: an idle gateway sends each at once; under load
+    what queued during one round trip goes with the next). Each caller gets its own line of the
+    reply or exception; a settlement queued without a future has its failure logged. Plain
+    EVALSHA: a redis-py `Script` would send SCRIPT EXISTS first. After NOSCRIPT (a restart,
+    SCRIPT FLUSH) Redis ran nothing of the batch: the script is loaded and the batch sent again,
+    so nothing is applied twice."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
         self._client = client
-        self._script = script
-        self._sha = client.register_script(script).sha  # NOTE: no I/O; redis-py's SHA-1 of it
-        self._delay_s = delay_s
-        self._pending: list[tuple[list[str], list[str], asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._sha = client.register_script(_LUA).sha  # NOTE: no I/O; redis-py's SHA-1 of it
+        self._queue: list[tuple[str, _Operation, asyncio.Future[bytes] | None]] = []
+        self._sender: asyncio.Task[None] | None = None
 
-    async def call(self, keys: list[str], args: list[str]) -> Any:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((keys, args, done))
-        if self._flusher is None:
-            self._flusher = loop.create_task(self._flush())
-        return await done
+    def add(
+        self, request_id: str, operation: _Operation, done: asyncio.Future[bytes] | None
+    ) -> None:
+        self._queue.append((request_id, operation, done))
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send())
 
     async def drain(self) -> None:
-        if self._flusher is not None:
-            await self._flusher
+        if self._sender is not None:
+            await self._sender
 
-    async def _flush(self) -> None:
-        await asyncio.sleep(self._delay_s)
-        self._flusher = None
-        batch, self._pending = self._pending, []
+    async def _send(self) -> None:
         try:
-            results = await self._run([(keys, args) for keys, args, _ in batch])
+            while self._queue:
+                queue, self._queue = self._queue, []
+                if len(queue) <= _MAX_BATCH:
+                    await self._run(queue)
+                else:  # NOTE: at once, so a Redis that hangs delays nobody by more than 2 waits
+                    chunks = range(0, len(queue), _MAX_BATCH)
+                    await asyncio.gather(*(self._run(queue[i : i + _MAX_BATCH]) for i in chunks))
+        finally:
+            self._sender = None
+
+    async def _run(self, batch: list[tuple[str, _Operation, asyncio.Future[bytes] | None]]) -> None:
+        numbered: dict[str, str] = {}  # key -> its index in KEYS, from 1
+        args: list[str] = []
+        for request_id, (head, parts), _ in batch:
+            words = [head]
+            for kind, names, numbers in parts:
+                words.append(kind)
+                for key in names:
+                    index = numbered.get(key)
+                    if index is None:
+                        index = numbered[key] = str(len(numbered) + 1)
+                    words.append(index)
+                words.append(numbers)
+            args += (request_id, " ".join(words))
+        keys = list(numbered)
+        try:
+            try:
+                reply = await self._client.evalsha(self._sha, len(keys), *keys, *args)
+            except NoScriptError:
+                await self._client.script_load(_LUA)
+                reply = await self._client.evalsha(self._sha, len(keys), *keys, *args)
         except Exception as exc:
-            results = [exc] * len(batch)
-        for (_, _, done), result in zip(batch, results, strict=True):
-            if done.done():  # NOTE: its caller was cancelled
-                continue
-            if isinstance(result, Exception):
-                done.set_exception(result)
-            else:
-                done.set_result(result)
+            for _, _, done in batch:
+                _fail(done, exc)
+            return
+        for (_, _, done), line in zip(batch, reply.split(b"\n"), strict=True):
+            if line.startswith(b"E "):
+                _fail(done, RedisLimiterError(line[2:].decode(errors="replace")))
+            elif done is not None and not done.done():  # NOTE: done: its caller was cancelled
+                done.set_result(line)
 
-    async def _run(self, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
-        results = await self._pipelined(calls)
-        lost = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-        if lost:
-            await self._client.script_load(self._script)
-            again = await self._pipelined([calls[i] for i in lost])
-            for i, result in zip(lost, again, strict=True):
-                results[i] = result
-        return results
 
-    async def _pipelined(self, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                pipe.evalsha(self._sha, len(keys), *keys, *args)
-            return list(await pipe.execute(raise_on_error=False))
+class RedisLimiterError(Exception):
+    """Redis refused one operation of a batch (a key of another type under the prefix, ...)."""
+
+
+def _fail(done: asyncio.Future[bytes] | None, exc: Exception) -> None:
+    if done is None:
+        _LOG.warning("limit settlement failed: %s: %s", type(exc).__name__, exc)
+    elif not done.done():
+        done.set_exception(exc)
