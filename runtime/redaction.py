@@ -116,11 +116,14 @@ def reports_error(event: str | None, data: Any) -> bool:
 def _suspect(block: bytes) -> bool:
     """Whether SSE bytes may hold an error event: the word ``error`` (an ``"error"`` member, an
     ``event: error`` line) or data that is not a JSON object (``[DONE]`` aside). PERF: a healthy
-    chunk costs four scans of its bytes (~1 instruction a byte each, a regex ~5) and no parsing;
-    a chunk that only says "error" in its text is parsed."""
-    return b"error" in block or block.count(b"data:") != block.count(b"data: {") + block.count(
-        b"data: [DONE]"
-    )
+    chunk costs three scans of its bytes (~1 instruction a byte each; a regex costs ~5) and no
+    parsing; a chunk that only says "error" in its text is parsed."""
+    if b"error" in block:
+        return True
+    plain = block.count(b"data:") - block.count(b"data: {")  # data lines not holding an object
+    if plain == 0 or (plain == 1 and block.endswith(b"data: [DONE]\n\n")):
+        return False
+    return plain != block.count(b"data: [DONE]")
 
 
 def redact_error_events(block: bytes, redactor: Redactor) -> bytes:
