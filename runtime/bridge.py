@@ -270,7 +270,11 @@ class RawRelay:
         if begin and events.startswith(b"data: [DONE]", begin):
             end = begin - 2
             begin = _event_start(events, end)
-        if events.find(b'"usage":', begin, end) < 0 or not self._usage_only(events[begin:end]):
+        at = events.find(b'"usage":', begin, end)
+        # NOTE: with include_usage every OpenAI chunk says "usage":null; only an object is read
+        if at < 0 or b"{" not in events[at + 8 : at + 10]:
+            return events
+        if not self._usage_only(events[begin:end]):
             return events
         return events[:begin] + events[end + 2 :]
 
