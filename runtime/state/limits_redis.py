@@ -426,6 +426,7 @@ def _settle_numbers(settlement: Settlement) -> str:
 
 # ("<op> <now>", [(kind, keys, "<number> <number> <number>"), ...])
 _Operation = tuple[str, list[tuple[str, tuple[str, ...], str]]]
+_Queued = tuple[str, _Operation, "asyncio.Future[bytes] | None"]  # request id, operation, caller
 
 
 class _Batches:
@@ -440,7 +441,7 @@ class _Batches:
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self._client = client
         self._sha = client.register_script(_LUA).sha  # NOTE: no I/O; redis-py's SHA-1 of it
-        self._queue: list[tuple[str, _Operation, asyncio.Future[bytes] | None]] = []
+        self._queue: list[_Queued] = []
         self._sender: asyncio.Task[None] | None = None
 
     def add(
@@ -466,7 +467,23 @@ class _Batches:
         finally:
             self._sender = None
 
-    async def _run(self, batch: list[tuple[str, _Operation, asyncio.Future[bytes] | None]]) -> None:
+    async def _run(self, batch: list[_Queued]) -> None:
+        try:
+            lines = await self._call(batch)
+            if len(lines) != len(batch):
+                raise RedisLimiterError(f"{len(lines)} replies to {len(batch)} operations")
+        except Exception as exc:
+            for _, _, done in batch:
+                _fail(done, exc)
+            return
+        for (_, _, done), line in zip(batch, lines, strict=True):
+            if line.startswith(b"E "):
+                _fail(done, RedisLimiterError(line[2:].decode(errors="replace")))
+            elif done is not None and not done.done():  # NOTE: done: its caller was cancelled
+                done.set_result(line)
+
+    async def _call(self, batch: list[_Queued]) -> list[bytes]:
+        """One EVALSHA of `batch`: its reply lines."""
         numbered: dict[str, str] = {}  # key -> its index in KEYS, from 1
         args: list[str] = []
         for request_id, (head, parts), _ in batch:
@@ -482,20 +499,12 @@ class _Batches:
             args += (request_id, " ".join(words))
         keys = list(numbered)
         try:
-            try:
-                reply = await self._client.evalsha(self._sha, len(keys), *keys, *args)
-            except NoScriptError:
-                await self._client.script_load(_LUA)
-                reply = await self._client.evalsha(self._sha, len(keys), *keys, *args)
-        except Exception as exc:
-            for _, _, done in batch:
-                _fail(done, exc)
-            return
-        for (_, _, done), line in zip(batch, reply.split(b"\n"), strict=True):
-            if line.startswith(b"E "):
-                _fail(done, RedisLimiterError(line[2:].decode(errors="replace")))
-            elif done is not None and not done.done():  # NOTE: done: its caller was cancelled
-                done.set_result(line)
+            reply = await self._client.evalsha(self._sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self._client.script_load(_LUA)
+            reply = await self._client.evalsha(self._sha, len(keys), *keys, *args)
+        lines: list[bytes] = reply.split(b"\n")
+        return lines
 
 
 class RedisLimiterError(Exception):
