@@ -36,7 +36,7 @@ TOTAL_FIELDS = (
 )
 
 
-class UsageRecord(msgspec.Struct, frozen=True):
+class UsageRecord(msgspec.Struct, frozen=True, gc=False):  # PERF: scalars only: no GC tracking
     """What the ledger keeps of one request. Never a key, never a prompt unless `log_prompts`.
 
     `id` is unique per record (made by the gateway), so a batch written twice after a store
