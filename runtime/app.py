@@ -31,7 +31,7 @@ from runtime.exchange import Exchange
 from runtime.health import HealthChecker, upstream_health
 from runtime.ids import unique_suffix
 from runtime.keys import ManagedKeys
-from runtime.metering import Trace, build_record, measure_spend
+from runtime.metering import Meter, Trace, build_record, measure_spend
 from runtime.metrics import Metrics
 from runtime.models_api import retrieve_model_endpoint
 from runtime.pipeline import GatewayState, Outcome, run_pipeline
@@ -341,7 +341,8 @@ class ApiEndpoint:
                 ctx.exchange = exchange
                 if gateway.needs_trace(snap):
                     usage = snap.table.usage
-                    ctx.trace = Trace(keep_text=usage is not None and usage.log_prompts)
+                    keep_text = usage is not None and usage.log_prompts
+                    ctx.trace = Trace(Meter(text=[] if keep_text else None))
                 guard = _DisconnectGuard(receive)
                 outcome = await run_pipeline(gateway.state, snap, ctx)
             except GatewayError as exc:

@@ -67,27 +67,17 @@ _validate_object = msgspec.json.Decoder(_Object).decode
 _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
 
 
-class Meter:
-    """Counts one request's tokens; `reported` once the upstream said both halves."""
+class Meter(msgspec.Struct, gc=False):  # PERF: built in C (a class with __init__: ~2x the cost)
+    """Counts one request's tokens; `reported` once the upstream said both halves. `text`: a
+    list to keep the answer in (for log_prompts), or None."""
 
-    __slots__ = (
-        "cached_tokens",
-        "input_reported",
-        "input_tokens",
-        "output_reported",
-        "output_tokens",
-        "text",
-        "text_chars",
-    )
-
-    def __init__(self, *, keep_text: bool = False) -> None:
-        self.input_tokens = 0
-        self.output_tokens = 0
-        self.cached_tokens = 0
-        self.input_reported = False
-        self.output_reported = False
-        self.text_chars = 0  # answer text seen, for estimates
-        self.text: list[str] | None = [] if keep_text else None  # the answer, for log_prompts
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    input_reported: bool = False
+    output_reported: bool = False
+    text_chars: int = 0  # answer text seen, for estimates
+    text: list[str] | None = None
 
     @property
     def reported(self) -> bool:
@@ -291,28 +281,18 @@ def _body_texts(api: str, data: dict[str, Any]) -> Iterable[Any]:
         yield from _choice_texts(choices, "message")
 
 
-class Trace:
+class Trace(msgspec.Struct, gc=False):  # PERF: one per metered request, built in C
     """What the pipeline learned about one metered request, for its ledger record (who served
-    it is on the `RequestContext`, which every request has)."""
+    it is on the `RequestContext`, which every request has). No field refers back to it, so it
+    needs no cyclic GC."""
 
-    __slots__ = (
-        "admission",
-        "cache_fill",
-        "cache_hit",
-        "first_byte",
-        "meter",
-        "model",
-        "raw_chunks",
-    )
-
-    def __init__(self, *, keep_text: bool = False) -> None:
-        self.model: CompiledModel | None = None  # the model that served (fallbacks included)
-        self.cache_hit = False
-        self.cache_fill: CacheFill | None = None  # a miss's answer, stored in the cache at settle
-        self.admission: Admission | None = None  # limit reservations to settle
-        self.first_byte: float | None = None  # perf_counter when the first body byte went out
-        self.meter = Meter(keep_text=keep_text)
-        self.raw_chunks: RawTap | None = None  # a raw relay's record, read when settling
+    meter: Meter = msgspec.field(default_factory=Meter)
+    model: CompiledModel | None = None  # the model that served (fallbacks included)
+    cache_hit: bool = False
+    cache_fill: CacheFill | None = None  # a miss's answer, stored in the cache at settle
+    admission: Admission | None = None  # limit reservations to settle
+    first_byte: float | None = None  # perf_counter when the first body byte went out
+    raw_chunks: RawTap | None = None  # a raw relay's record, read when settling
 
 
 _KEEP_BYTES = 1 << 20

@@ -204,7 +204,7 @@ def test_build_record_puts_every_value_in_its_own_field() -> None:
     ctx.api_key = SimpleNamespace(id="k1", org="acme", project="web")  # type: ignore[assignment]
     ctx.route_name, ctx.requested, ctx.attempts = "r1", "alias", 3
     ctx.upstream, ctx.upstream_model, ctx.stream_error = "up1", "gpt-x", "stream_cut"
-    trace = Trace(keep_text=True)
+    trace = Trace(Meter(text=[]))
     trace.model = SimpleNamespace(name="m1")  # type: ignore[assignment]
     trace.cache_hit = True
     trace.meter.text = ["an", "swer"]

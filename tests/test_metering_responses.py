@@ -89,7 +89,7 @@ def test_a_body_without_usage_is_not_reported() -> None:
 
 
 def test_stream_usage_comes_from_response_completed_and_text_from_deltas() -> None:
-    meter = Meter(keep_text=True)
+    meter = Meter(text=[])
     meter.observe_sse(API, [STREAM])
     assert (meter.input_tokens, meter.output_tokens, meter.cached_tokens) == (40, 6, 32)
     assert meter.reported
