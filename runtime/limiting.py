@@ -123,30 +123,70 @@ def plan_limits(
     model: CompiledModel,
     now: float,
 ) -> LimitPlan | None:
-    policies = applicable_policies(table, route, ctx)
-    if not policies:
+    template = _template(table, route, ctx)
+    if template is None:
         return None
-    shapes = [_shape(policy) for policy in policies]
-    counts_tokens = has_budget = False  # PERF: not any(): a generator per call
-    for shape in shapes:
+    tokens, cost = _reservation(ctx, model) if template.counts_tokens else (0, 0.0)
+    day = _day(now) if template.has_budget else ""
+    amounts = (1.0, float(tokens), cost)
+    checks = []
+    for policy, field, kind, key, limit, amount, window, calendar in template.fields:
+        if calendar:
+            key += f":{day if calendar == 'day' else day[:7]}"
+        checks.append(Guarded(policy, field, Check(kind, key, limit, amounts[amount], window)))
+    return LimitPlan(tuple(checks), tokens, cost)
+
+
+class _Template(msgspec.Struct, gc=False):
+    """The checks of a route, key and stream-or-not, less their amounts and calendar window:
+    (policy, field, kind, counter key, limit, amount (0: one, 1: tokens, 2: cost), window,
+    calendar ("", day or month))."""
+
+    fields: tuple[tuple[str, str, str, str, float, int, float, str], ...]
+    counts_tokens: bool
+    has_budget: bool
+
+
+_AMOUNTS = {"one": 0, "tokens": 1, "cost": 2}
+_TEMPLATES: dict[tuple[Any, ...], tuple[RouteTable, CompiledRoute | None, _Template | None]] = {}
+
+
+def _template(
+    table: RouteTable, route: CompiledRoute | None, ctx: RequestContext
+) -> _Template | None:
+    """PERF: built once per table, route, key and stream-or-not (not for ip-scoped policies,
+    whose counter keys name the client); the entry holds the table and route, so an id reused
+    after a reload never matches a stale entry."""
+    key = ctx.api_key
+    memo = (
+        (id(table), id(route), ctx.stream)
+        if key is None
+        else (id(table), id(route), ctx.stream, key.id, key.project, key.org, key.limits)
+    )
+    found = _TEMPLATES.get(memo)
+    if found is not None and found[0] is table and found[1] is route:
+        return found[2]
+    policies = applicable_policies(table, route, ctx)
+    fields = []
+    counts_tokens = has_budget = False
+    for policy in policies:
+        shape = _shape(policy)
         counts_tokens = counts_tokens or shape.counts_tokens
         has_budget = has_budget or shape.has_budget
-    tokens, cost = _reservation(ctx, model) if counts_tokens else (0, 0.0)
-    day = _day(now) if has_budget else ""
-    amounts = {"one": 1.0, "tokens": float(tokens), "cost": cost}
-    checks: list[Guarded] = []
-    for policy, shape in zip(policies, shapes, strict=True):
         scope = scope_value(policy, ctx)
         for field, limit, kind, amount, window, calendar in shape.fields:
             if kind == "slots" and not ctx.stream:
                 continue
-            key = f"{policy.state_id}:{field}:{scope}"
-            if calendar:
-                key += f":{day if calendar == 'day' else day[:7]}"
-            checks.append(
-                Guarded(policy.name, field, Check(kind, key, limit, amounts[amount], window))
+            counter = f"{policy.state_id}:{field}:{scope}"
+            fields.append(
+                (policy.name, field, kind, counter, limit, _AMOUNTS[amount], window, calendar)
             )
-    return LimitPlan(tuple(checks), tokens, cost) if checks else None
+    template = _Template(tuple(fields), counts_tokens, has_budget) if fields else None
+    if not any(policy.scope == "ip" for policy in policies):
+        if len(_TEMPLATES) > 4096:  # NOTE: keys and routes of long-gone tables
+            _TEMPLATES.clear()
+        _TEMPLATES[memo] = (table, route, template)
+    return template
 
 
 @dataclass(frozen=True, slots=True)
