@@ -17,8 +17,9 @@ the per-batch costs (a transaction, a hop to the writer's thread) ~30-fold. So l
 run with ``usage.flush_interval_s`` = `--flush-s` (10 s: ~200 records at callgrind's pace), and
 both the warm-up's and the counted requests' records are flushed before zeroing and dumping.
 
-Redis: one request at a time, the limiter's pipelining has nothing to batch (each admission
-and each settlement is a round trip of its own); `--concurrency 32` lets it batch as under load.
+Redis: one request at a time, the limiter has nothing to batch (each admission and each
+settlement is an EVALSHA of its own); `--concurrency 32` lets it batch as under load. For Redis
+variants it also reports the EVAL/EVALSHA calls Redis answered per counted request.
 
 What it does not show: cycles (cache misses and system calls are not counted). Output:
 markdown on stdout; progress on stderr. Needs valgrind.
