@@ -199,10 +199,10 @@ class Gateway:
             tokens = 0 if trace.cache_hit else spend.input_tokens + spend.output_tokens
             settlements = trace.admission.plan.settlements(tokens=tokens, cost=spend.cost)
             limiter, hold, now = self.state.limiter, trace.admission.hold, self.state.clock()
-            if isinstance(limiter, MemoryLimiter):  # PERF: nothing to wait for, so no task
-                limiter.settle_now(hold, settlements, now)
-            elif (settle_soon := getattr(limiter, "settle_soon", None)) is not None:
-                settle_soon(hold, settlements, now)  # PERF: Redis queues it: no task either
+            # PERF: memory settles in place and Redis queues it (`settle_now`): no task
+            settle_now = getattr(limiter, "settle_now", None)
+            if settle_now is not None:
+                settle_now(hold, settlements, now)
             else:
                 self._background(limiter.settle(hold, settlements, now))
         if fill is None or cache is None or record is None:

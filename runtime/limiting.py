@@ -72,33 +72,12 @@ def applicable_policies(
     table: RouteTable, route: CompiledRoute | None, ctx: RequestContext
 ) -> list[LimitPolicy]:
     """The route's policies (or `limits.default` when the route names none), then the key's."""
-    policies = _route_policies(table, route)
-    key = ctx.api_key
-    if key is None or not key.limits:
-        return policies
-    known = table.limits.policies
-    names = dict.fromkeys([*(p.name for p in policies), *key.limits])
-    return [known[name] for name in names if name in known]
-
-
-_RoutePolicies = tuple[RouteTable, CompiledRoute | None, list[LimitPolicy]]
-_ROUTE_POLICIES: dict[tuple[int, int], _RoutePolicies] = {}
-
-
-def _route_policies(table: RouteTable, route: CompiledRoute | None) -> list[LimitPolicy]:
-    """The policies a route applies before any key's. PERF: resolved once per table and route;
-    the entry holds both, so an id reused after a reload never matches a stale entry."""
-    found = _ROUTE_POLICIES.get((id(table), id(route)))
-    if found is not None and found[0] is table and found[1] is route:
-        return found[2]
-    if len(_ROUTE_POLICIES) > 4096:  # NOTE: routes of long-gone tables
-        _ROUTE_POLICIES.clear()
     route_limits = route.action.limits if route is not None else None
-    names = route_limits if route_limits is not None else table.limits.default
-    known = table.limits.policies
-    policies = [known[name] for name in dict.fromkeys(names) if name in known]
-    _ROUTE_POLICIES[id(table), id(route)] = (table, route, policies)
-    return policies
+    names = list(route_limits if route_limits is not None else table.limits.default)
+    if ctx.api_key is not None and ctx.api_key.limits:
+        names += ctx.api_key.limits
+    policies = table.limits.policies
+    return [policies[name] for name in dict.fromkeys(names) if name in policies]
 
 
 def scope_value(policy: LimitPolicy, ctx: RequestContext) -> str:

@@ -271,7 +271,7 @@ def test_redis_sends_what_queued_together_and_an_operation_fails_alone(
 ) -> None:
     """64 admissions at once are one EVALSHA (or two: the first may go alone); one whose key
     holds another type fails with Redis's message while the rest of its batch is admitted; a
-    settlement queued without waiting (`settle_soon`) logs its failure."""
+    settlement queued without waiting (`settle_now`) logs its failure."""
     import redis.asyncio
 
     from runtime.state.limits_redis import RedisLimiter, RedisLimiterError
@@ -295,7 +295,7 @@ def test_redis_sends_what_queued_together_and_an_operation_fails_alone(
                 return_exceptions=True,
             )
             calls = await evalsha_calls(client) - before
-            limiter.settle_soon("r7", [Settlement(broken, 5)], T0)
+            limiter.settle_now("r7", [Settlement(broken, 5)], T0)
             await limiter.close()  # NOTE: sends what is queued first
             return calls, verdicts
         finally:

@@ -48,8 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import redis.asyncio
 from redis.asyncio.retry import Retry
@@ -359,7 +358,8 @@ class RedisLimiter:
         if not checks:
             return Verdict(True, ())
         done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._batches.add(request_id, self._operation("a", checks, now, _admit_numbers), done)
+        numbers = [f"{_number(c.limit)} {_number(c.amount)} {_number(c.window_s)}" for c in checks]
+        self._batches.add(request_id, self._operation("a", now, checks, numbers), done)
         words = (await done).split()
         states = tuple(
             CheckState(check.limit, float(words[2 + 2 * i]), float(words[3 + 2 * i]))
@@ -373,10 +373,10 @@ class RedisLimiter:
         if not settlements:
             return
         done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self.settle_soon(request_id, settlements, now, done)
+        self.settle_now(request_id, settlements, now, done)
         await done
 
-    def settle_soon(
+    def settle_now(
         self,
         request_id: str,
         settlements: Sequence[Settlement],
@@ -386,42 +386,32 @@ class RedisLimiter:
         """`settle` without waiting (PERF: no task per request): queued for the next batch; a
         failure goes to `done` or, without one, to the log."""
         if settlements:
-            operation = self._operation("s", settlements, now, _settle_numbers)
-            self._batches.add(request_id, operation, done)
+            checks = [s.check for s in settlements]
+            numbers = [
+                f"{_number(s.check.amount)} {_number(s.actual)} {_number(s.check.window_s)}"
+                for s in settlements
+            ]
+            self._batches.add(request_id, self._operation("s", now, checks, numbers), done)
 
     async def close(self) -> None:
         await self._batches.drain()
         await self._client.aclose()
 
     def _operation(
-        self,
-        op: str,
-        items: Sequence[Any],
-        now: float,
-        numbers: Callable[[Any], str],
+        self, op: str, now: float, checks: Sequence[Check], numbers: Sequence[str]
     ) -> _Operation:
-        """An operation's words before its keys are numbered: ``(op, now, [(kind, keys,
-        numbers), ...])``."""
+        """An operation's words before its keys are numbered: ``("<op> <now>", [(kind, keys,
+        numbers), ...])``; `numbers` holds each check's three numbers as text."""
         parts = []
         prefix = self.prefix
-        for item in items:
-            check = item if isinstance(item, Check) else item.check
+        for check, text in zip(checks, numbers, strict=True):
             kind, key = check.kind, check.key
             if kind == "rate":
                 keys: tuple[str, ...] = (f"{prefix}rate:{key}", f"{prefix}rate-sum:{key}")
             else:
                 keys = (f"{prefix}{kind}:{key}",)
-            parts.append((kind, keys, numbers(item)))
+            parts.append((kind, keys, text))
         return f"{op} {_number(now)}", parts
-
-
-def _admit_numbers(check: Check) -> str:
-    return f"{_number(check.limit)} {_number(check.amount)} {_number(check.window_s)}"
-
-
-def _settle_numbers(settlement: Settlement) -> str:
-    check = settlement.check
-    return f"{_number(check.amount)} {_number(settlement.actual)} {_number(check.window_s)}"
 
 
 # ("<op> <now>", [(kind, keys, "<number> <number> <number>"), ...])
