@@ -91,8 +91,8 @@ class Metrics:
         self.upstreams: Callable[[], list[UpstreamHealth]] = list
         self._children: dict[tuple[str, int], Counter] = {}
         self._histograms: dict[str, Histogram] = {}
-        self._usage: dict[tuple[str, str, str, str], tuple[Counter, ...]] = {}
-        self._usage_totals: dict[tuple[str, str, str, str], list[float]] = {}
+        self._usage: dict[tuple[str | None, ...], tuple[Counter, ...]] = {}
+        self._usage_totals: dict[tuple[str | None, ...], list[float]] = {}
         self._refusals: dict[str, int] = {}  # refusals counted so far, by policy
         self._mirrors = self._make_mirrors()
         self._version: str | None = None
@@ -263,7 +263,7 @@ class Metrics:
         """A metered request's tokens and cost, once. PERF: kept in plain numbers here and
         added to the counters by `sync`: on scrape, and multiprocess by `observe`, which
         follows every request's settlement."""
-        labels = (model or "", upstream or "", key_id or "", spend.currency or "")
+        labels = (model, upstream, key_id, spend.currency)  # NOTE: None is '' when published
         totals = self._usage_totals.get(labels)
         if totals is None:
             totals = self._usage_totals[labels] = [0, 0, 0, 0, 0.0]
@@ -279,12 +279,13 @@ class Metrics:
                 continue
             children = self._usage.get(labels)
             if children is None:
+                names = [value or "" for value in labels]
                 children = self._usage[labels] = (
-                    self.usage_requests.labels(*labels[:3]),
-                    self.usage_tokens.labels(*labels[:3], "input"),
-                    self.usage_tokens.labels(*labels[:3], "output"),
-                    self.usage_tokens.labels(*labels[:3], "cached"),
-                    self.usage_cost.labels(*labels),
+                    self.usage_requests.labels(*names[:3]),
+                    self.usage_tokens.labels(*names[:3], "input"),
+                    self.usage_tokens.labels(*names[:3], "output"),
+                    self.usage_tokens.labels(*names[:3], "cached"),
+                    self.usage_cost.labels(*names),
                 )
             for child, amount in zip(children, totals, strict=True):
                 if amount:

@@ -466,10 +466,11 @@ class _Call:
         body.update(target.params)
         if ask_usage:
             options = body.get("stream_options")
-            body["stream_options"] = {
-                **(options if isinstance(options, dict) else {}),
-                "include_usage": True,
-            }
+            body["stream_options"] = (
+                {**options, "include_usage": True}
+                if isinstance(options, dict)
+                else {"include_usage": True}
+            )
         if bridge.request is not None:
             # NOTE: Ollama and GigaChat answer floats; a client's base64 is encoded on the way back
             self.base64_embeddings = body.get("encoding_format") == "base64"

@@ -28,6 +28,13 @@ if TYPE_CHECKING:
 _decode_any = msgspec.json.Decoder().decode
 
 
+def _reports_usage(api: str, head: Head) -> bool:
+    if api == "openai.responses":
+        return True
+    options = getattr(head, "stream_options", None)
+    return bool(options and getattr(options, "include_usage", None))
+
+
 class RequestContext:
     """Per-request state; it is the `compiler.matcher.MatchInput` the route table matches."""
 
@@ -41,6 +48,7 @@ class RequestContext:
         "exchange",
         "head",
         "headers",
+        "include_usage",
         "query",
         "raw",
         "request_id",
@@ -60,6 +68,8 @@ class RequestContext:
         self.raw = raw
         self.head = head
         self.stream = bool(getattr(head, "stream", False))  # PERF: read ~5 times a request
+        # NOTE: whether the client's stream reports usage (a Responses stream always does)
+        self.include_usage = self.stream and _reports_usage(api, head)
         self.headers = headers
         self.request_id = request_id
         self.api_key: ApiKey | None = None
@@ -96,14 +106,6 @@ class RequestContext:
     @property
     def model(self) -> str | None:
         return self.head.model
-
-    @property
-    def include_usage(self) -> bool:
-        """Whether the client's stream reports usage (a Responses stream always does)."""
-        if self.api == "openai.responses":
-            return True
-        options = getattr(self.head, "stream_options", None)
-        return bool(options and getattr(options, "include_usage", None))
 
     @property
     def key(self) -> Mapping[str, str] | None:

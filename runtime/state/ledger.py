@@ -161,7 +161,8 @@ class Ledger:
         return len(self._queue)
 
     def record(self, record: UsageRecord) -> None:
-        if len(self._queue) >= self.capacity:
+        queue = self._queue
+        if len(queue) >= self.capacity:
             self.dropped += 1
             now = time.monotonic()
             if now - self._last_drop_log > 10:
@@ -173,8 +174,8 @@ class Ledger:
                     self.dropped,
                 )
             return
-        self._queue.append(record)
-        if len(self._queue) >= self.batch:
+        queue.append(record)
+        if len(queue) >= self.batch:
             self._wake.set()
 
     def start(self) -> None:
