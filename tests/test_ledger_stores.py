@@ -175,6 +175,31 @@ def test_round_trip_keeps_every_field(backend: Backend) -> None:
     assert msgspec.structs.asdict(back[1]) == msgspec.structs.asdict(FULL)
 
 
+def test_rows_with_and_without_texts_in_one_batch(backend: Backend) -> None:
+    # NOTE: SQLite rows go 64, 8 and 1 at a time, without the prompt and completion columns
+    # when none of them has either: here the 64 and the 1 have texts, the 8 have none
+    batch = [
+        record(
+            n,
+            prompt="p" if n % 9 == 0 else None,
+            completion=None if n % 18 else "c",
+            stream=n % 2 == 0,
+            estimated=n % 3 == 0,
+            cache_hit=n % 5 == 0,
+        )
+        for n in range(73)
+    ]
+
+    async def main() -> list[UsageRecord]:
+        async with opened(backend.store()) as store:
+            await store.write(batch)
+            return await store.records()
+
+    back = asyncio.run(main())
+    assert back == batch
+    assert {type(r.stream) for r in back} == {bool}
+
+
 def test_nul_in_text_never_blocks_a_write(backend: Backend) -> None:
     odd = record(1, requested_model="gpt\x00", prompt="a\x00b")
 
