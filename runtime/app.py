@@ -342,7 +342,7 @@ class ApiEndpoint:
                 if gateway.needs_trace(snap):
                     usage = snap.table.usage
                     keep_text = usage is not None and usage.log_prompts
-                    ctx.trace = Trace(Meter(text=[] if keep_text else None))
+                    ctx.trace = Trace(Meter(text=[]) if keep_text else Meter())
                 guard = _DisconnectGuard(receive)
                 outcome = await run_pipeline(gateway.state, snap, ctx)
             except GatewayError as exc:

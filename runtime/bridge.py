@@ -269,7 +269,8 @@ class RawRelay:
         closing ``[DONE]``. PERF: a search of one event, not of the whole stream, in as few
         calls as it takes (each costs ~1,000 instructions)."""
         end = len(events) - 2  # NOTE: `events` ends with a blank line
-        if events.endswith(_DONE_EVENT):
+        done = events.endswith(_DONE_EVENT)
+        if done:
             end -= len(_DONE_EVENT) - 2
         at = events.rfind(b"\n\n", 0, end)
         begin = at + 2 if at >= 0 else 0
@@ -287,7 +288,7 @@ class RawRelay:
             self._meter.observe_usage(chunk.usage, final=True)
         elif not self._meter.observe_event(self.api, None, _decode_or_none(payload)):
             return events
-        return events[:begin] + events[end + 2 :]
+        return events[:begin] + _DONE_EVENT[2:] if done else events[:begin]
 
     def _check_held(self) -> None:
         if len(self._held) > self._max_event:

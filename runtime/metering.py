@@ -94,19 +94,22 @@ class Meter(msgspec.Struct, gc=False):  # PERF: built in C (a class with __init_
             return
         if isinstance(usage, dict):
             usage = msgspec.convert(usage, UsageFields, strict=False)
-        if final and (usage.completion_tokens is not None or usage.output_tokens is not None):
-            self.output_reported = True
-        if usage.prompt_tokens is not None:  # OpenAI shape
-            self.input_tokens = usage.prompt_tokens
+        prompt_tokens = usage.prompt_tokens
+        if prompt_tokens is not None:  # OpenAI shape
+            self.input_tokens = prompt_tokens
             details = usage.prompt_tokens_details
             self.cached_tokens = (details.cached_tokens or 0) if details is not None else 0
             self.input_reported = True
-            if usage.completion_tokens is not None:
-                self.output_tokens = usage.completion_tokens
+            completion_tokens = usage.completion_tokens
+            if completion_tokens is not None:
+                self.output_tokens = completion_tokens
                 self.output_reported = True
-            elif usage.input_tokens is None:  # embeddings: no completion side
+            # NOTE: embeddings have no completion side
+            elif usage.input_tokens is None or (final and usage.output_tokens is not None):
                 self.output_reported = True
             return
+        if final and (usage.completion_tokens is not None or usage.output_tokens is not None):
+            self.output_reported = True
         if usage.input_tokens_details is not None and usage.input_tokens is not None:
             # NOTE: the Responses API's shape: input_tokens already counts the cached ones
             self.input_tokens = usage.input_tokens
