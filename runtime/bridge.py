@@ -275,16 +275,20 @@ class RawRelay:
         at = events.rfind(b"\n\n", 0, end)
         begin = at + 2 if at >= 0 else 0
         payload = events[begin + 6 : end] if events.startswith(b"data: ", begin) else b""
-        at = payload.find(b'"usage":')
         # NOTE: with include_usage every OpenAI chunk says "usage":null; only an object is read
-        if at < 0 or b"{" not in payload[at + 8 : at + 10]:
+        if b'"usage":{' not in payload and b'"usage": {' not in payload:
             return events
         try:
             chunk = _decode_usage_chunk(payload)
         except (msgspec.DecodeError, msgspec.ValidationError):
             chunk = None
         assert self._meter is not None
-        if chunk is not None and chunk.choices == [] and chunk.usage is not None:
+        if (
+            chunk is not None
+            and chunk.usage is not None
+            and chunk.choices is not None
+            and not chunk.choices
+        ):
             self._meter.observe_usage(chunk.usage, final=True)
         elif not self._meter.observe_event(self.api, None, _decode_or_none(payload)):
             return events
