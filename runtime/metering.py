@@ -322,8 +322,10 @@ class RawTap(msgspec.Struct, gc=False):  # PERF: built in C; holds bytes only
             self.overflow = True
 
     def settle(self, api: str, meter: Meter) -> None:
-        if not self.chunks or (meter.reported and meter.text is None):
-            return  # NOTE: a relay that strips the usage chunk has read it already
+        """Read the usage (and text) of what was relayed into `meter`; `measure_spend` skips
+        this when a relay that strips the usage chunk has read it already."""
+        if not self.chunks:
+            return
         if api.startswith("anthropic."):
             meter.observe_sse(api, self.chunks[:1], first_only=True)  # message_start
         tail = self.tail if self.overflow else b"".join(self.chunks[-8:])[-4096:]
@@ -362,7 +364,7 @@ def measure_spend(ctx: RequestContext, trace: Trace, *, answered: bool) -> Spend
     so tokens were spent: counters the upstream did not report are estimated (chars / 4) and
     the spend is marked `estimated`."""
     meter = trace.meter
-    # NOTE: a relay that strips the usage chunk has read it already: no call (PERF)
+    # NOTE: a relay that strips the usage chunk has read it already (PERF: no property call)
     reported = meter.input_reported and meter.output_reported
     if trace.raw_chunks is not None and not (reported and meter.text is None):
         trace.raw_chunks.settle(ctx.api, meter)
