@@ -44,6 +44,9 @@ import interleaved as il
 _LINE = re.compile(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)")
 _MAIN = "uv_run"  # the event loop's thread: everything under libuv's loop
 _THREADS = "pthread_create.c:start_thread"  # every other thread
+# Not gateways: `variants.py serve --transport floor|static` (Hypercorn + a bare aiohttp
+# pass-through; Hypercorn alone answering the mock's reply), the floor under the pipeline.
+FLOORS = {"floor": "Hypercorn + bare aiohttp (floor)", "static": "Hypercorn alone (static)"}
 
 
 def send(port: int, count: int, stream: bool, concurrency: int = 1) -> None:
@@ -98,17 +101,22 @@ def count(
     """Instructions per request of one variant: main thread, other threads, total."""
     folder = tmp / variant
     folder.mkdir(exist_ok=True)
-    config = g.write_config(il.VARIANTS[variant], folder)
-    ledger = il.VARIANTS[variant].ledger is not None
+    out = folder / "callgrind.out"
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
+    ledger = variant in il.VARIANTS and il.VARIANTS[variant].ledger is not None
+    if variant in FLOORS:  # NOTE: no gateway: Hypercorn with a bare aiohttp pass-through or alone
+        cmd += [str(g.REPO / "bench" / "variants.py"), "serve", "--server", "hypercorn"]
+        cmd += ["--transport", variant, "--port", str(port)]
+    else:
+        config = g.write_config(il.VARIANTS[variant], folder)
+        cmd += ["-m", "runtime.cli", "serve", str(config), "--bind", f"127.0.0.1:{port}"]
+        cmd += ["--no-watch"]
     if ledger:  # NOTE: batches of the size a loaded gateway writes (see the module docstring)
         text = config.read_text().replace("usage:\n", f"usage:\n  flush_interval_s: {flush_s}\n")
         config.write_text(text)
     settle = flush_s + 2 if ledger else 1  # NOTE: the warm-up's records written before zeroing
-    out = folder / "callgrind.out"
     env = dict(os.environ, MOCK_PORT=str(g.MOCK_PORT), INTERLOCK_BENCH_UPSTREAM_KEY="sk-mock")
     env["PYTHONHASHSEED"] = "0"  # NOTE: the same dict and set layouts on every run
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
-    cmd += ["-m", "runtime.cli", "serve", str(config), "--bind", f"127.0.0.1:{port}", "--no-watch"]
     log = folder / "log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(cmd, cwd=g.REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
@@ -168,9 +176,9 @@ def main() -> int:
     )
     args = parser.parse_args()
     ids = args.variants.split(",")
-    unknown = [i for i in ids if i not in il.VARIANTS]
+    unknown = [i for i in ids if i not in il.VARIANTS and i not in FLOORS]
     if unknown:
-        parser.error(f"unknown variants {unknown}; known: {', '.join(il.VARIANTS)}")
+        parser.error(f"unknown variants {unknown}; known: {', '.join([*il.VARIANTS, *FLOORS])}")
     g.ensure_mock()
     stream = args.mode == "stream"
     with (
@@ -201,8 +209,9 @@ def main() -> int:
     for vid in ids:
         r = results[vid]
         change = "" if vid == ids[0] else f"{(r['total'] / base['total'] - 1) * 100:+.1f} %"
+        name = FLOORS.get(vid) or il.VARIANTS[vid].name
         print(
-            f"| {il.VARIANTS[vid].name} | {r['main'] / 1e3:,.0f}k | {r['threads'] / 1e3:,.0f}k "
+            f"| {name} | {r['main'] / 1e3:,.0f}k | {r['threads'] / 1e3:,.0f}k "
             f"| {r['total'] / 1e3:,.0f}k | {change} |"
         )
     for vid in ids:

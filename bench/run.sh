@@ -29,6 +29,7 @@
 #   INTERLOCK_PORT=18090              where the benchmarked Interlock listens
 #   EXTRAS=1                          0 skips clients.py, stages.py and variants.py
 #   COLDSTART_RUNS=5
+#   VARIANT_ROUNDS=3                  interleaved rounds of variants.py compare (the floor ladder)
 #   WORKERS_ROW=2                     the --workers of row 3; 0 skips the row
 #   GOVERNED_ROW=1                    0 skips row 2
 #   QUIET_LOAD=                       e.g. 1.0: first wait (up to QUIET_WAIT_S=300) for the 1-min
@@ -255,9 +256,9 @@ if [ "$EXTRAS" = 1 ]; then
   "$PY" "$HERE/stages.py" --profile --py-spy "$TOOLS/bin/py-spy" --seconds "$((secs + 3))" \
     --json-out "$OUT/stages.json" > "$OUT/stages.md" 2> "$OUT/stages.log"
   sed -n '1,/^### Profile/p' "$OUT/stages.md"
-  log "variants: same gateway on hypercorn/uvicorn x httpx/aiohttp transport"
-  "$PY" "$HERE/variants.py" compare --seconds "$secs" --extra-path "$EXTRA" \
-    > "$OUT/variants.md" 2> "$OUT/variants.log"
+  log "variants: the floor ladder (Hypercorn alone, + aiohttp, + pipeline, + governance; uvicorn)"
+  "$PY" "$HERE/variants.py" compare --seconds "$secs" --rounds "${VARIANT_ROUNDS:-3}" \
+    --extra-path "$EXTRA" --json-out "$OUT/variants.json" > "$OUT/variants.md" 2> "$OUT/variants.log"
   cat "$OUT/variants.md"
 fi
 

@@ -266,6 +266,60 @@ def render(s: dict[str, Any], prev: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
+def render_floor(d: Path, table: Table) -> list[str]:
+    """The floor ladder of `variants.py compare` (DIR/variants.json, every rung pinned) against
+    what 2x Portkey per CPU-second allows, Portkey's pinned CPU from the same run."""
+    path = d / "variants.json"
+    if not path.exists():
+        return []
+    cell = {(r["server"], r["app"], r["mode"], r["conns"]): r for r in json.loads(path.read_text())}
+    portkey = table.get("pinned", {}).get("portkey", {})
+    lines = [
+        "## The floor: what 2x Portkey leaves for the pipeline and governance",
+        "",
+        "`variants.py compare`: every rung served at once, pinned to one CPU, wrk in interleaved "
+        "rounds (medians). Budget = Portkey's pinned CPU per request in this run / 2.",
+        "",
+        "| rung | JSON c=32 CPU µs/req | stream c=8 CPU µs/req | added p50 ms, JSON c=1 |",
+        "|---|---|---|---|",
+    ]
+    direct = cell.get(("direct", "mock", "json", 1), {}).get("p50_ms")
+    for server, app, label in (
+        ("hypercorn", "static", "Hypercorn alone (answers itself)"),
+        ("hypercorn", "floor", "Hypercorn + bare aiohttp call (the floor)"),
+        ("hypercorn", "gateway", "Interlock, governance off"),
+        ("hypercorn", "governed", "Interlock, governance on"),
+        ("uvicorn", "floor", "uvicorn + httptools + bare aiohttp (for scale)"),
+        ("uvicorn", "gateway", "Interlock's pipeline on uvicorn, governance off"),
+    ):
+        json_cell = cell.get((server, app, "json", 32))
+        if json_cell is None:
+            continue
+        stream_cpu = cell.get((server, app, "stream", 8), {}).get("cpu_us")
+        p50 = cell.get((server, app, "json", 1), {}).get("p50_ms")
+        added = None if p50 is None or direct is None else p50 - direct
+        lines.append(
+            f"| {label} | {json_cell['cpu_us']:.0f} | {fmt(stream_cpu, '.0f')} "
+            f"| {fmt(added, '+.2f')} |"
+        )
+    for mode, conns in (("json", 32), ("stream", 8)):
+        theirs = portkey.get(f"cpu_{mode}")
+        floor = cell.get(("hypercorn", "floor", mode, conns), {}).get("cpu_us")
+        ours = cell.get(("hypercorn", "governed", mode, conns), {}).get("cpu_us")
+        if not (theirs and floor and ours):
+            continue
+        budget = theirs * 1000 / 2
+        lines += [
+            "",
+            f"{mode} c={conns}: 2x Portkey ({theirs * 1000:.0f} µs) allows {budget:.0f} µs a "
+            f"request; the floor takes {floor:.0f}, leaving {budget - floor:.0f} for the "
+            f"pipeline and governance, which take {ours - floor:.0f} "
+            f"({'met' if ours <= budget else 'not met'}: governed {ours:.0f} µs, "
+            f"{theirs * 1000 / ours:.2f}x Portkey).",
+        ]
+    return lines
+
+
 def previous(d: Path, now: dict[str, Any]) -> dict[str, Any] | None:
     """The newest older run with the same wrk duration (a QUICK run is compared with QUICK ones)."""
     older = (p for p in d.parent.iterdir() if p.is_dir() and p.name < d.name)
@@ -285,7 +339,7 @@ def main() -> int:
     table = load_comparison(d)
     s["comparison"] = table
     (d / "summary.json").write_text(json.dumps(s, indent=1))
-    print("\n".join([*render_side_by_side(table), ""]))
+    print("\n".join([*render_side_by_side(table), "", *render_floor(d, table), ""]))
     print(render(s, previous(d, s)))
     return 0
 

@@ -3,11 +3,15 @@ upstream transport, measured side by side. Evidence for hot-path decisions, not 
 
     serve    run the gateway with --server hypercorn|uvicorn (uvicorn uses httptools + uvloop);
              --transport floor serves no gateway at all: a bare aiohttp pass-through on that
-             server, the least a Python proxy on that server stack costs here
-    compare  start each variant in turn, drive it with wrk (JSON c=1 and c=32, stream c=8) on the
-             gateway's own CPU (pinned), and print CPU µs/request, req/s and p50/p99 as markdown
+             server, the least a Python proxy on that server stack costs here; --transport
+             static answers the mock's reply itself (the server alone, no upstream call)
+    compare  start every variant at once (all pinned to one CPU), drive each with wrk (JSON c=1
+             and c=32, stream c=8) in interleaved rounds, and print the medians of CPU
+             µs/request, req/s and p50/p99 as markdown, then the floor ladder on Hypercorn:
+             server alone -> + aiohttp upstream call -> + pipeline -> + governance
+             (`--transport governed`: the bench config with interlock-bench-governance.yaml)
 
-    python bench/variants.py compare --seconds 5 --extra-path /tmp/interlock-peers/bench-extra
+    python bench/variants.py compare --rounds 3 --extra-path /tmp/interlock-peers/bench-extra
 
 uvicorn and httptools are not gateway dependencies: `--extra-path` points at a folder made with
 `pip install --no-deps --target DIR uvicorn httptools click` (bench/run.sh does that).
@@ -22,19 +26,58 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "bench" / "interlock-bench.yaml"
 SHARED_BENCH = Path(os.environ.get("SHARED_BENCH", REPO.parent / "shared" / "bench"))
 KEY = "sk-bench-0123456789abcdef"
 VARIANTS = (
-    ("hypercorn", "gateway"),
+    ("hypercorn", "static"),
     ("hypercorn", "floor"),
-    ("uvicorn", "gateway"),
+    ("hypercorn", "gateway"),
+    ("hypercorn", "governed"),
     ("uvicorn", "floor"),
+    ("uvicorn", "gateway"),
 )
-# "floor": no gateway at all, an ASGI app that forwards the body with a bare aiohttp session:
-# the least a Python proxy on this server stack costs here.
+# "static": the server alone, answering the mock's reply itself. "floor": no gateway at all, an
+# ASGI app that forwards the body with a bare aiohttp session: the least a Python proxy on this
+# server stack costs here. "governed": the gateway with bench/interlock-bench-governance.yaml too.
+RUNGS = (
+    ("static", "Hypercorn alone (answers itself)"),
+    ("floor", "+ bare aiohttp upstream call (the floor)"),
+    ("gateway", "+ Interlock's pipeline (governance off)"),
+    ("governed", "+ key, rpm + tpm limit, SQLite ledger"),
+)
+
+
+def static_app():  # type: ignore[no-untyped-def]
+    """Hypercorn alone: reads the request and answers the mock's JSON reply (or its stream in
+    one piece) without any upstream call."""
+    import json
+    import urllib.request
+
+    mock = f"http://127.0.0.1:{os.environ.get('MOCK_PORT', '18080')}"
+    canned = {}
+    for path, stream in (("/v1/chat/completions", False), ("/stream/v1/chat/completions", True)):
+        data = json.dumps({"model": "gpt-mock", "stream": stream}).encode()
+        with urllib.request.urlopen(urllib.request.Request(mock + path, data=data)) as reply:
+            canned[stream] = (reply.headers.get("content-type", "").encode(), reply.read())
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        kind, data = canned[b'"stream":true' in body]
+        headers = [(b"content-type", kind), (b"content-length", str(len(data)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+    return app
 
 
 def floor_app(mock: str):  # type: ignore[no-untyped-def]
@@ -137,7 +180,7 @@ def serve(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(REPO))
     if args.extra_path:
         sys.path.append(args.extra_path)
-    if args.server == "hypercorn" and args.transport == "floor":
+    if args.server == "hypercorn" and args.transport in ("floor", "static"):
         import uvloop
         from hypercorn.asyncio import serve as hypercorn_serve
         from hypercorn.config import Config
@@ -148,17 +191,18 @@ def serve(args: argparse.Namespace) -> int:
         config.bind = [f"127.0.0.1:{args.port}"]
         config.accesslog = config.errorlog = None
         mock = f"http://127.0.0.1:{os.environ.get('MOCK_PORT', '18080')}"
-        uvloop.run(hypercorn_serve(floor_app(mock), config))
+        app = floor_app(mock) if args.transport == "floor" else static_app()
+        uvloop.run(hypercorn_serve(app, config))
         return 0
     if args.server == "hypercorn":
         from runtime.server import serve as interlock_serve
 
         return interlock_serve(
-            str(CONFIG), binds=[f"127.0.0.1:{args.port}"], workers=1, watch=False
+            args.config, binds=[f"127.0.0.1:{args.port}"], workers=1, watch=False
         )
     import uvloop
 
-    return uvloop.run(serve_uvicorn(str(CONFIG), args.port, args.transport))
+    return uvloop.run(serve_uvicorn(args.config, args.port, args.transport))
 
 
 def ticks(pid: int) -> int:
@@ -214,72 +258,141 @@ def wrk(port: int, conns: int, seconds: int, stream: bool) -> dict[str, str]:
     return dict(kv.split("=", 1) for kv in line.split()[1:])
 
 
+CELLS = (("json", 1), ("json", 32), ("stream", 8))
+
+
 def compare(args: argparse.Namespace) -> int:
+    """Every variant up at once (one port each, all pinned to the same CPU), then `--rounds`
+    rounds: each cell of each variant in turn, so the VM's drift falls on all of them alike;
+    medians per cell. `direct` (wrk straight to the mock) gives the latency the others add."""
+    import json
+    import statistics
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="interlock-variants-"))
+    governed = work / "config-governed"  # the bench file + the governance file, as run.sh serves
+    governed.mkdir()
+    for name in ("interlock-bench.yaml", "interlock-bench-governance.yaml"):
+        (governed / name).write_text((REPO / "bench" / name).read_text())
     env = dict(
-        os.environ, INTERLOCK_BENCH_UPSTREAM_KEY="sk-mock-upstream", SHARED_BENCH=str(SHARED_BENCH)
+        os.environ,
+        INTERLOCK_BENCH_UPSTREAM_KEY="sk-mock-upstream",
+        INTERLOCK_BENCH_USAGE_DB=str(work / "usage.db"),
+        SHARED_BENCH=str(SHARED_BENCH),
     )
-    rows = []
+    chosen = [v for v in VARIANTS if v[0] != "uvicorn" or args.extra_path]
+    procs: dict[tuple[str, str], tuple[int, subprocess.Popen[bytes]]] = {}
     hz = os.sysconf("SC_CLK_TCK")
-    for server, transport in VARIANTS:
-        if server == "uvicorn" and not args.extra_path:
-            continue
-        cmd = [
-            sys.executable,
-            __file__,
-            "serve",
-            "--server",
-            server,
-            "--transport",
-            transport,
-            "--port",
-            str(args.port),
-        ] + (["--extra-path", args.extra_path] if args.extra_path else [])
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            wait_200(args.port, proc)
+    found: dict[tuple[str, str, str, int], list[tuple[float, float, float, float, int]]] = {}
+    mock_port = int(os.environ.get("MOCK_PORT", "18080"))
+    try:
+        for n, (server, app) in enumerate(chosen):
+            port = args.port + n
+            cmd = [sys.executable, __file__, "serve", "--server", server, "--transport", app]
+            cmd += ["--port", str(port)]
+            cmd += ["--config", str(governed)] if app == "governed" else []
+            cmd += ["--extra-path", args.extra_path] if args.extra_path else []
+            procs[server, app] = (
+                port,
+                subprocess.Popen(
+                    cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                ),
+            )
+        for port, proc in procs.values():
+            wait_200(port, proc)
             os.sched_setaffinity(proc.pid, {int(c) for c in args.pin.split(",")})
-            wrk(args.port, 8, 2, False)  # warm-up
-            for mode, conns in (("json", 1), ("json", 32), ("stream", 8)):
-                t0 = ticks(proc.pid)
-                r = wrk(args.port, conns, args.seconds, mode == "stream")
-                used = (ticks(proc.pid) - t0) / hz
-                n = int(r.get("requests", 0))
-                rows.append(
-                    (
-                        server,
-                        transport,
-                        mode,
-                        conns,
-                        float(r.get("rps", 0)),
-                        r.get("p50", "-"),
-                        r.get("p99", "-"),
-                        used / n * 1e6 if n else float("nan"),
-                        int(r.get("non2xx", 0)) + int(r.get("timeouts", 0)),
+            wrk(port, 8, 2, False)  # warm-up
+        for r in range(args.rounds):
+            for mode, conns in CELLS:
+                for (server, app), (port, proc) in [
+                    *procs.items(),
+                    (("direct", "mock"), (0, None)),
+                ]:
+                    if proc is None and conns != 1:
+                        continue  # the mock's latency at c=1 is all `direct` is for
+                    t0 = ticks(proc.pid) if proc else 0
+                    res = wrk(port or mock_port, conns, args.seconds, mode == "stream")
+                    used = (ticks(proc.pid) - t0) / hz if proc else 0.0
+                    done = int(res.get("requests", 0))
+                    cpu = used / done * 1e6 if proc and done else float("nan")
+                    errors = int(res.get("non2xx", 0)) + int(res.get("timeouts", 0))
+                    cell = (float(res.get("rps", 0)), float(res.get("p50", "nan")))
+                    found.setdefault((server, app, mode, conns), []).append(
+                        (*cell, float(res.get("p99", "nan")), cpu, errors)
                     )
-                )
-                print(
-                    f"  {server}+{transport} {mode} c={conns}: {rows[-1][4]:.0f} req/s, "
-                    f"{rows[-1][7]:.0f} µs CPU/req",
-                    file=sys.stderr,
-                )
-        finally:
+                    print(
+                        f"  round {r + 1}: {server}+{app} {mode} c={conns}: {cell[0]:.0f} req/s, "
+                        f"{cpu:.0f} µs CPU/req",
+                        file=sys.stderr,
+                    )
+    finally:
+        for _, proc in procs.values():
             proc.send_signal(signal.SIGTERM)
+        for _, proc in procs.values():
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        time.sleep(0.5)
+    rows = [
+        {
+            "server": server,
+            "app": app,
+            "mode": mode,
+            "conns": conns,
+            **{
+                k: statistics.median(v[i] for v in cells)
+                for i, k in enumerate(("rps", "p50_ms", "p99_ms", "cpu_us"))
+            },
+            "errors": sum(v[4] for v in cells),
+        }
+        for (server, app, mode, conns), cells in found.items()
+    ]
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rows, indent=1))
     print(
-        f"Gateway pinned to CPU {args.pin}, wrk on CPU {os.environ.get('CLIENT_CPUS', '0')}, "
-        f"{args.seconds} s per cell, same config and pipeline:\n"
+        f"Every variant pinned to CPU {args.pin}, wrk on CPU {os.environ.get('CLIENT_CPUS', '0')}, "
+        f"{args.rounds} interleaved rounds of {args.seconds} s per cell, medians; the gateway rows "
+        "serve the same config and pipeline:\n"
     )
-    print("| server | app | mode | conns | req/s | p50 ms | p99 ms | gateway CPU µs/req | errors |")
+    print("| server | app | mode | conns | req/s | p50 ms | p99 ms | CPU µs/req | errors |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for s, t, mode, c, rps, p50, p99, cpu, errors in rows:
-        print(f"| {s} | {t} | {mode} | {c} | {rps:.0f} | {p50} | {p99} | {cpu:.0f} | {errors} |")
+    for row in rows:
+        print(
+            f"| {row['server']} | {row['app']} | {row['mode']} | {row['conns']} | "
+            f"{row['rps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['cpu_us']:.0f} "
+            f"| {row['errors']} |"
+        )
+    print("\n" + "\n".join(ladder(rows)))
     return 0
+
+
+def ladder(rows: list[dict[str, Any]]) -> list[str]:
+    """The floor, rung by rung on Hypercorn: the server alone, + a bare aiohttp upstream call,
+    + the gateway's pipeline, + governance; CPU per request and added latency at c=1."""
+    cell = {(r["server"], r["app"], r["mode"], r["conns"]): r for r in rows}
+    direct = cell.get(("direct", "mock", "json", 1), {}).get("p50_ms", float("nan"))
+    lines = [
+        "### The floor on Hypercorn (medians)",
+        "",
+        "| rung | CPU µs/req JSON c=32 | step | CPU µs/req stream c=8 | step "
+        "| added p50 ms, JSON c=1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    before: dict[str, float] = {}
+    for app, label in RUNGS:
+        json_cpu = cell.get(("hypercorn", app, "json", 32), {}).get("cpu_us", float("nan"))
+        stream_cpu = cell.get(("hypercorn", app, "stream", 8), {}).get("cpu_us", float("nan"))
+        p50 = cell.get(("hypercorn", app, "json", 1), {}).get("p50_ms", float("nan"))
+        steps = [
+            f"+{value - before[mode]:.0f}" if mode in before else "-"
+            for mode, value in (("json", json_cpu), ("stream", stream_cpu))
+        ]
+        lines.append(
+            f"| {label} | {json_cpu:.0f} | {steps[0]} | {stream_cpu:.0f} | {steps[1]} "
+            f"| {p50 - direct:+.2f} |"
+        )
+        before = {"json": json_cpu, "stream": stream_cpu}
+    return lines
 
 
 def main() -> int:
@@ -287,12 +400,15 @@ def main() -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve")
     s.add_argument("--server", choices=("hypercorn", "uvicorn"), default="hypercorn")
-    s.add_argument("--transport", choices=("gateway", "floor"), default="gateway")
+    s.add_argument("--transport", choices=[app for _, app in VARIANTS], default="gateway")
     s.add_argument("--port", type=int, default=18094)
+    s.add_argument("--config", default=str(CONFIG), help="what a gateway variant serves")
     s.add_argument("--extra-path")
     c = sub.add_parser("compare")
     c.add_argument("--port", type=int, default=18094)
     c.add_argument("--seconds", type=int, default=5)
+    c.add_argument("--rounds", type=int, default=3)
+    c.add_argument("--json-out")
     c.add_argument("--pin", default=os.environ.get("PROXY_CPUS", "1"))
     c.add_argument("--extra-path")
     args = parser.parse_args()
