@@ -26,6 +26,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from runtime.accesslog import AccessLog
 from runtime.caching import fill_cache
+from runtime.connections import DISCONNECT, CloseHooks
 from runtime.errors import GatewayError, error_body, is_anthropic, stream_error_event
 from runtime.exchange import Exchange
 from runtime.health import HealthChecker, upstream_health
@@ -343,7 +344,7 @@ class ApiEndpoint:
                     usage = snap.table.usage
                     keep_text = usage is not None and usage.log_prompts
                     ctx.trace = Trace(Meter(text=[]) if keep_text else Meter())
-                guard = _DisconnectGuard(receive)
+                guard = _DisconnectGuard(receive, scope.get("extensions"))
                 outcome = await run_pipeline(gateway.state, snap, ctx)
             except GatewayError as exc:
                 status = exc.status
@@ -409,24 +410,33 @@ class ApiEndpoint:
 
 class _DisconnectGuard:
     """Cancels the request's own task when the client disconnects, so the pipeline, its upstream
-    request and any stream stop at once. PERF: one watcher task per request; the pipeline and
-    the stream pump run in the request's task.
+    request and any stream stop at once. On Interlock's own connections it hangs on the
+    stream's `CloseHooks`; on another ASGI server it runs one watcher task that waits for
+    ``http.disconnect``. The pipeline and the stream pump run in the request's task.
 
     `finish()` runs right after the last `send` (no await in between), which closes the race
     with a disconnect that arrives once the response is complete: a finished guard never
-    cancels.
+    cancels (the hooks run on the loop after that `send`, as the watcher would).
     """
 
-    __slots__ = ("_done", "_task", "_watcher", "gone")
+    __slots__ = ("_done", "_hooks", "_task", "_watcher", "gone")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, extensions: dict[str, Any] | None) -> None:
         self.gone = False
         self._done = False
         self._task = asyncio.current_task()
-        self._watcher = asyncio.ensure_future(self._watch(receive))
+        self._watcher: asyncio.Future[None] | None = None
+        self._hooks: CloseHooks | None = extensions.get(DISCONNECT) if extensions else None
+        if self._hooks is not None:
+            self._hooks.add(self._gone)
+        else:
+            self._watcher = asyncio.ensure_future(self._watch(receive))
 
     async def _watch(self, receive: Receive) -> None:
         await _wait_disconnect(receive)
+        self._gone()
+
+    def _gone(self) -> None:
         if not self._done and self._task is not None:
             self.gone = True
             self._task.cancel()
@@ -434,7 +444,10 @@ class _DisconnectGuard:
     def finish(self) -> None:
         if not self._done:
             self._done = True
-            self._watcher.cancel()
+            if self._hooks is not None:
+                self._hooks.remove(self._gone)
+            if self._watcher is not None:
+                self._watcher.cancel()
 
 
 async def _logged(work: Coroutine[Any, Any, None]) -> None:

@@ -37,7 +37,7 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.events import Event, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.events import Event as StreamEvent
-from hypercorn.protocol.events import Request, Response
+from hypercorn.protocol.events import Request, Response, StreamClosed
 from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from hypercorn.typing import ASGISendEvent, ConnectionState
@@ -292,9 +292,57 @@ class GatewayH11(H11Protocol):
         await self._send_h11_event(h11.EndOfMessage())
 
 
+DISCONNECT = "interlock.disconnect"  # the scope extension holding a request's `CloseHooks`
+
+
+class CloseHooks:
+    """Callbacks run once the client's side of a request's stream closes: the client left, or
+    the exchange ended. They run on the loop soon after (`call_soon`), never inside the `send`
+    that ended the exchange, as a task reading ``http.disconnect`` from `receive` would.
+    PERF: the app learns of a disconnect without a watcher task per request, whose creation and
+    cancellation cost ~58k instructions a request at 32 at a time (3 %; the cancelled task's
+    traceback also left a reference cycle for the GC)."""
+
+    __slots__ = ("callbacks", "closed")
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[], None]] = []
+        self.closed = False
+
+    def add(self, callback: Callable[[], None]) -> None:
+        if self.closed:  # NOTE: the client left before the app asked
+            asyncio.get_running_loop().call_soon(callback)
+        else:
+            self.callbacks.append(callback)
+
+    def remove(self, callback: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self.callbacks.remove(callback)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            loop = asyncio.get_running_loop()
+            for callback in self.callbacks:
+                loop.call_soon(callback)
+
+
 class _Stream(HTTPStream):
     """Hypercorn's `HTTPStream` without its pass over the response headers (a strip of each and
-    a pseudo-header check): `GatewayH11.stream_send` checks them once, in `checked_headers`."""
+    a pseudo-header check): `GatewayH11.stream_send` checks them once, in `checked_headers`.
+    Its requests carry `CloseHooks` in ``scope["extensions"]`` under `DISCONNECT`."""
+
+    hooks: CloseHooks | None = None
+
+    async def handle(self, event: StreamEvent) -> None:
+        if isinstance(event, StreamClosed) and self.hooks is not None:
+            self.hooks.close()
+        await super().handle(event)
+        if isinstance(event, Request) and not self.closed:
+            # NOTE: the app's task was created just now and has not run (nothing awaited since)
+            self.hooks = CloseHooks()
+            extensions: dict[str, Any] = self.scope["extensions"]
+            extensions[DISCONNECT] = self.hooks
 
     async def app_send(self, message: ASGISendEvent | None) -> None:
         if (

@@ -6,9 +6,12 @@ on the gateway mid-stream or mid-wait and then waits for the upstream to see the
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -18,6 +21,8 @@ import pytest
 from anthropic.types import MessageParam
 from openai.types.chat import ChatCompletionMessageParam
 
+from runtime.app import _DisconnectGuard
+from runtime.connections import DISCONNECT, CloseHooks
 from tests.served import ServedGateway
 from tests.upstreams import Delay, Hang, MockUpstream, SlowStream, Status
 
@@ -196,3 +201,91 @@ def test_the_gateway_keeps_serving_after_disconnects(served: Served, up: MockUps
         gw.url + "/v1/chat/completions", json={"model": "gpt", "messages": CHAT}, timeout=5
     )
     assert reply.json()["choices"][0]["message"]["content"] == "echo: tell me a long story"
+
+
+# --- Interlock's own server: disconnects reach the app through the stream's CloseHooks --------
+# (The tests above serve the app with Hypercorn's stock `serve`, where the guard falls back to
+# a watcher task reading ``http.disconnect``; `interlock serve` runs the connection layer of
+# `runtime/connections.py`, which calls the guard back instead.)
+
+
+@pytest.fixture
+def own_server(interlock: Callable[..., Any], up: MockUpstream, tmp_path: Path) -> Any:
+    path = tmp_path / "interlock.yaml"
+    path.write_text(_config(up))  # NOTE: JSON is YAML
+    return interlock(path)
+
+
+def test_own_server_stream_disconnect_cancels_the_upstream(
+    own_server: Any, up: MockUpstream
+) -> None:
+    up.script("*", LONG)
+    client = openai.OpenAI(base_url=own_server.url + "/v1", api_key="k", max_retries=0)
+    stream = client.chat.completions.create(model="gpt", messages=OPENAI_CHAT, stream=True)
+    assert [next(stream), next(stream)][-1].choices
+    stream.close()
+    _assert_cancelled_soon(up, time.monotonic())
+    own_server.wait_log(r'"status": ?499')
+    client.close()
+
+
+def test_own_server_non_stream_disconnect_while_the_upstream_hangs(
+    own_server: Any, up: MockUpstream
+) -> None:
+    up.script("*", Hang())
+    client = openai.OpenAI(base_url=own_server.url + "/v1", api_key="k", max_retries=0, timeout=0.3)
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model="gpt", messages=OPENAI_CHAT)
+    _assert_cancelled_soon(up, time.monotonic())
+    own_server.wait_log(r'"status": ?499')
+    client.close()
+
+
+def test_own_server_completed_exchanges_are_never_counted_as_disconnects(
+    own_server: Any, up: MockUpstream
+) -> None:
+    """The hooks run when every exchange ends (the stream closes then too): after the last
+    `send`, when the guard has finished, so a whole keep-alive series answers 200 and logs 200."""
+    client = openai.OpenAI(base_url=own_server.url + "/v1", api_key="k", max_retries=0)
+    for n in range(20):
+        if n % 2:
+            chunks = list(
+                client.chat.completions.create(model="gpt", messages=OPENAI_CHAT, stream=True)
+            )
+            assert chunks
+        else:
+            assert client.chat.completions.create(model="gpt", messages=OPENAI_CHAT).choices
+    own_server.wait_log(r"(?s)(\"status\": ?200.*){20}")
+    assert not re.search(r'"status": ?499', own_server.log)
+    client.close()
+
+
+def test_close_hooks_run_soon_and_a_finished_guard_never_cancels() -> None:
+    async def main() -> None:
+        async def request(hooks: CloseHooks, finish_first: bool) -> bool:
+            guard = _DisconnectGuard(_never, {DISCONNECT: hooks})
+            hooks.close()  # NOTE: the exchange ends inside the last send...
+            assert not guard.gone  # ...and the hook has not run yet
+            if finish_first:
+                guard.finish()  # ...then the endpoint finishes the guard, no await between
+            await asyncio.sleep(0.05)
+            return guard.gone
+
+        assert await asyncio.create_task(request(CloseHooks(), finish_first=True)) is False
+        task = asyncio.create_task(request(CloseHooks(), finish_first=False))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        late = CloseHooks()
+        late.close()
+        ran: list[str] = []
+        late.add(lambda: ran.append("late"))  # a client gone before the app asked still counts
+        await asyncio.sleep(0)
+        assert ran == ["late"]
+
+    asyncio.run(main())
+
+
+async def _never() -> dict[str, Any]:
+    await asyncio.Event().wait()
+    return {}
