@@ -1,7 +1,7 @@
 """One client connection on Hypercorn, with the behaviour the gateway needs below the app.
 
 Hypercorn 0.18's `TCPServer`, `H11Protocol` and `HTTPStream` (and h11's `Connection`) are kept
-and changed in six places, each a small override (read `hypercorn/asyncio/tcp_server.py`,
+and changed in seven places, each a small override (read `hypercorn/asyncio/tcp_server.py`,
 `hypercorn/protocol/h11.py`, `hypercorn/protocol/http_stream.py` and `h11/_connection.py`
 beside this):
 
@@ -17,6 +17,8 @@ beside this):
   all of them (`checked_headers`), not by Hypercorn, then twice per header by h11, then again
   when h11 frames a stream; Hypercorn's ``date`` and ``server`` headers are built once a second;
 - a request's headers reach the app as h11 parsed them (Hypercorn decoded and re-lowered each).
+- the app learns that a request's stream closed (the client left, or the exchange ended)
+  through `CloseHooks` in its scope, without a task of its own waiting on `receive`.
 
 `refuse(reader, writer, limit)` answers a connection over `server.max_connections` with a 503.
 """
