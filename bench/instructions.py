@@ -109,11 +109,11 @@ def count(
         cmd += ["--transport", variant, "--port", str(port)]
     else:
         config = g.write_config(il.VARIANTS[variant], folder)
+        if ledger:  # NOTE: batches of the size a loaded gateway writes (see the module docstring)
+            text = config.read_text()
+            config.write_text(text.replace("usage:\n", f"usage:\n  flush_interval_s: {flush_s}\n"))
         cmd += ["-m", "runtime.cli", "serve", str(config), "--bind", f"127.0.0.1:{port}"]
         cmd += ["--no-watch"]
-    if ledger:  # NOTE: batches of the size a loaded gateway writes (see the module docstring)
-        text = config.read_text().replace("usage:\n", f"usage:\n  flush_interval_s: {flush_s}\n")
-        config.write_text(text)
     settle = flush_s + 2 if ledger else 1  # NOTE: the warm-up's records written before zeroing
     env = dict(os.environ, MOCK_PORT=str(g.MOCK_PORT), INTERLOCK_BENCH_UPSTREAM_KEY="sk-mock")
     env["PYTHONHASHSEED"] = "0"  # NOTE: the same dict and set layouts on every run

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from compare import INTERLOCKS, LABELS, PEERS, Table, load_comparison
+from variants import cells, ladder
 
 GOALS = {  # key: (label, limit, "max" = at most / "min" = at least)
     "json_added_p50_ms": ("added latency, JSON, c=1, p50", 0.35, "max"),
@@ -272,7 +273,8 @@ def render_floor(d: Path, table: Table) -> list[str]:
     path = d / "variants.json"
     if not path.exists():
         return []
-    cell = {(r["server"], r["app"], r["mode"], r["conns"]): r for r in json.loads(path.read_text())}
+    rows = json.loads(path.read_text())
+    cell = cells(rows)
     portkey = table.get("pinned", {}).get("portkey", {})
     lines = [
         "## The floor: what 2x Portkey leaves for the pipeline and governance",
@@ -280,28 +282,8 @@ def render_floor(d: Path, table: Table) -> list[str]:
         "`variants.py compare`: every rung served at once, pinned to one CPU, wrk in interleaved "
         "rounds (medians). Budget = Portkey's pinned CPU per request in this run / 2.",
         "",
-        "| rung | JSON c=32 CPU µs/req | stream c=8 CPU µs/req | added p50 ms, JSON c=1 |",
-        "|---|---|---|---|",
+        *ladder(rows),
     ]
-    direct = cell.get(("direct", "mock", "json", 1), {}).get("p50_ms")
-    for server, app, label in (
-        ("hypercorn", "static", "Hypercorn alone (answers itself)"),
-        ("hypercorn", "floor", "Hypercorn + bare aiohttp call (the floor)"),
-        ("hypercorn", "gateway", "Interlock, governance off"),
-        ("hypercorn", "governed", "Interlock, governance on"),
-        ("uvicorn", "floor", "uvicorn + httptools + bare aiohttp (for scale)"),
-        ("uvicorn", "gateway", "Interlock's pipeline on uvicorn, governance off"),
-    ):
-        json_cell = cell.get((server, app, "json", 32))
-        if json_cell is None:
-            continue
-        stream_cpu = cell.get((server, app, "stream", 8), {}).get("cpu_us")
-        p50 = cell.get((server, app, "json", 1), {}).get("p50_ms")
-        added = None if p50 is None or direct is None else p50 - direct
-        lines.append(
-            f"| {label} | {json_cell['cpu_us']:.0f} | {fmt(stream_cpu, '.0f')} "
-            f"| {fmt(added, '+.2f')} |"
-        )
     for mode, conns in (("json", 32), ("stream", 8)):
         theirs = portkey.get(f"cpu_{mode}")
         floor = cell.get(("hypercorn", "floor", mode, conns), {}).get("cpu_us")

@@ -49,6 +49,10 @@ RUNGS = (
     ("gateway", "+ Interlock's pipeline (governance off)"),
     ("governed", "+ key, rpm + tpm limit, SQLite ledger"),
 )
+SCALE = (  # not rungs: the same floor and gateway on uvicorn + httptools, for scale
+    ("floor", "uvicorn + httptools + bare aiohttp (for scale)"),
+    ("gateway", "Interlock's pipeline on uvicorn, governance off (for scale)"),
+)
 
 
 def static_app():  # type: ignore[no-untyped-def]
@@ -366,10 +370,16 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cells(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, int], dict[str, Any]]:
+    """`compare`'s rows by (server, app, mode, conns)."""
+    return {(r["server"], r["app"], r["mode"], r["conns"]): r for r in rows}
+
+
 def ladder(rows: list[dict[str, Any]]) -> list[str]:
     """The floor, rung by rung on Hypercorn: the server alone, + a bare aiohttp upstream call,
-    + the gateway's pipeline, + governance; CPU per request and added latency at c=1."""
-    cell = {(r["server"], r["app"], r["mode"], r["conns"]): r for r in rows}
+    + the gateway's pipeline, + governance; CPU per request and added latency at c=1; then
+    the floor and the gateway on uvicorn, for scale."""
+    cell = cells(rows)
     direct = cell.get(("direct", "mock", "json", 1), {}).get("p50_ms", float("nan"))
     lines = [
         "### The floor on Hypercorn (medians)",
@@ -379,12 +389,16 @@ def ladder(rows: list[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     before: dict[str, float] = {}
-    for app, label in RUNGS:
-        json_cpu = cell.get(("hypercorn", app, "json", 32), {}).get("cpu_us", float("nan"))
-        stream_cpu = cell.get(("hypercorn", app, "stream", 8), {}).get("cpu_us", float("nan"))
-        p50 = cell.get(("hypercorn", app, "json", 1), {}).get("p50_ms", float("nan"))
+    rungs = [("hypercorn", app, label) for app, label in RUNGS]
+    for server, app, label in [*rungs, *(("uvicorn", app, label) for app, label in SCALE)]:
+        if (server, app, "json", 32) not in cell:
+            continue  # NOTE: uvicorn is measured only with --extra-path
+        json_cpu = cell[server, app, "json", 32]["cpu_us"]
+        stream_cpu = cell.get((server, app, "stream", 8), {}).get("cpu_us", float("nan"))
+        p50 = cell.get((server, app, "json", 1), {}).get("p50_ms", float("nan"))
+        rung = server == "hypercorn"  # NOTE: a step only between rungs, not to the scale rows
         steps = [
-            f"+{value - before[mode]:.0f}" if mode in before else "-"
+            f"+{value - before[mode]:.0f}" if rung and mode in before else "-"
             for mode, value in (("json", json_cpu), ("stream", stream_cpu))
         ]
         lines.append(
