@@ -43,29 +43,20 @@ _MONTH_TTL = 62 * 86400.0
 SLOT_TTL_S = 3600.0  # NOTE: a crashed process's stream slots free themselves after this
 
 
-class Guarded(msgspec.Struct, gc=False):  # PERF: one per request, built in C
-    """One check and where it came from, for messages and headers."""
-
-    policy: str
-    field: str  # rpm | tpm | concurrent_streams | tokens_per_day | ... | cost_per_month
-    check: Check
-
-
 class LimitPlan(msgspec.Struct, gc=False):  # PERF: one per request, built in C
-    checks: tuple[Guarded, ...]
+    checks: tuple[Check, ...]
+    template: _Template  # per check its policy and field; which checks settle, which set headers
     reserved_tokens: int
     reserved_cost: float
 
     def settlements(self, *, tokens: int, cost: float) -> list[Settlement]:
-        """What this request really used, per check (stream slots are simply freed)."""
-        out = []
-        for guarded in self.checks:
-            field = guarded.field
-            if field == "rpm":
-                continue  # NOTE: a request counts 1 whatever happened
-            actual = cost if field.startswith("cost") else float(tokens)
-            out.append(Settlement(guarded.check, actual))
-        return out
+        """What this request really used, per check (rpm counts 1 whatever happened; stream
+        slots are simply freed)."""
+        checks = self.checks
+        return [
+            Settlement(checks[i], cost if by_cost else float(tokens))
+            for i, by_cost in self.template.settled
+        ]
 
 
 def applicable_policies(
@@ -109,19 +100,31 @@ def plan_limits(
     day = _day(now) if template.has_budget else ""
     amounts = (1.0, float(tokens), cost)
     checks = []
-    for policy, field, kind, key, limit, amount, window, calendar in template.fields:
+    for fixed, (kind, key, limit, amount, window, calendar) in zip(
+        template.fixed, template.fields, strict=True
+    ):
+        if fixed is not None:  # PERF: the same check for every request (rpm, stream slots)
+            checks.append(fixed)
+            continue
         if calendar:
             key += f":{day if calendar == 'day' else day[:7]}"
-        checks.append(Guarded(policy, field, Check(kind, key, limit, amounts[amount], window)))
-    return LimitPlan(tuple(checks), tokens, cost)
+        checks.append(Check(kind, key, limit, amounts[amount], window))
+    return LimitPlan(tuple(checks), template, tokens, cost)
 
 
 class _Template(msgspec.Struct, gc=False):
-    """The checks of a route, key and stream-or-not, less their amounts and calendar window:
-    (policy, field, kind, counter key, limit, amount (0: one, 1: tokens, 2: cost), window,
-    calendar ("", day or month))."""
+    """The checks of a route, key and stream-or-not. Per check: where it comes from (policy,
+    field), how to build it (kind, counter key, limit, amount (0: one, 1: tokens, 2: cost),
+    window, calendar ("", day or month)) or the check itself when no request changes it.
+    `settled`: (check index, settled by cost) of the checks a finished request settles;
+    `rpm` and `tpm`: the indexes of the checks behind the rate-limit headers."""
 
-    fields: tuple[tuple[str, str, str, str, float, int, float, str], ...]
+    sources: tuple[tuple[str, str], ...]
+    fields: tuple[tuple[str, str, float, int, float, str], ...]
+    fixed: tuple[Check | None, ...]
+    settled: tuple[tuple[int, bool], ...]
+    rpm: tuple[int, ...]
+    tpm: tuple[int, ...]
     counts_tokens: bool
     has_budget: bool
 
@@ -146,7 +149,7 @@ def _template(
     if found is not None and found[0] is table and found[1] is route:
         return found[2]
     policies = applicable_policies(table, route, ctx)
-    fields = []
+    sources, fields, fixed = [], [], []
     counts_tokens = has_budget = False
     for policy in policies:
         shape = _shape(policy)
@@ -157,10 +160,22 @@ def _template(
             if kind == "slots" and not ctx.stream:
                 continue
             counter = f"{policy.state_id}:{field}:{scope}"
-            fields.append(
-                (policy.name, field, kind, counter, limit, _AMOUNTS[amount], window, calendar)
-            )
-    template = _Template(tuple(fields), counts_tokens, has_budget) if fields else None
+            sources.append((policy.name, field))
+            fields.append((kind, counter, limit, _AMOUNTS[amount], window, calendar))
+            static = amount == "one" and not calendar
+            fixed.append(Check(kind, counter, limit, 1.0, window) if static else None)
+    template = None
+    if fields:
+        template = _Template(
+            tuple(sources),
+            tuple(fields),
+            tuple(fixed),
+            tuple((i, f.startswith("cost")) for i, (_, f) in enumerate(sources) if f != "rpm"),
+            tuple(i for i, (_, f) in enumerate(sources) if f == "rpm"),
+            tuple(i for i, (_, f) in enumerate(sources) if f == "tpm"),
+            counts_tokens,
+            has_budget,
+        )
     if not any(policy.scope == "ip" for policy in policies):
         if len(_TEMPLATES) > 4096:  # NOTE: keys and routes of long-gone tables
             _TEMPLATES.clear()
@@ -246,18 +261,9 @@ class Admission(msgspec.Struct, gc=False):  # PERF: one per request, built in C
         verdict, style = self.verdict, self.style
         if verdict is None or style == "none":
             return []
-        # the rpm and the tpm check with the least left: the most used beyond its limit
-        requests: CheckState | None = None
-        tokens: CheckState | None = None
-        for guarded, state in zip(self.plan.checks, verdict.states, strict=True):
-            field = guarded.field
-            if field == "rpm":
-                if requests is None or state.used - state.limit > requests.used - requests.limit:
-                    requests = state
-            elif field == "tpm" and (
-                tokens is None or state.used - state.limit > tokens.used - tokens.limit
-            ):
-                tokens = state
+        template, states = self.plan.template, verdict.states
+        requests = _tightest(states, template.rpm)
+        tokens = _tightest(states, template.tpm)
         anthropic = is_anthropic(api)
         out: list[tuple[str, str]] = []
         if requests is not None:
@@ -272,6 +278,19 @@ class Admission(msgspec.Struct, gc=False):  # PERF: one per request, built in C
         if tokens is not None and style != "x-ratelimit":
             out += _rate_headers(anthropic, "tokens", tokens)
         return out
+
+
+def _tightest(states: tuple[CheckState, ...], indexes: tuple[int, ...]) -> CheckState | None:
+    """Of the checks at `indexes`, the state with the least left: the most used beyond its
+    limit (the first of equals)."""
+    if len(indexes) == 1:  # PERF: one policy sets them, the common case
+        return states[indexes[0]]
+    tightest = None
+    for i in indexes:
+        state = states[i]
+        if tightest is None or state.used - state.limit > tightest.used - tightest.limit:
+            tightest = state
+    return tightest
 
 
 def _names(pattern: str) -> dict[str, tuple[str, str, str]]:
@@ -321,11 +340,10 @@ async def admit(
     try:
         # NOTE: not the request id alone: a client may send the same x-request-id twice
         hold = f"{ctx.request_id}:{unique_suffix()}"
-        checks = [g.check for g in plan.checks]
         if isinstance(limiter, MemoryLimiter):  # PERF: nothing to wait for, so no coroutine
-            verdict = limiter.admit_now(hold, checks, now)
+            verdict = limiter.admit_now(hold, plan.checks, now)
         else:
-            verdict = await limiter.admit(hold, checks, now)
+            verdict = await limiter.admit(hold, plan.checks, now)
     except Exception as exc:
         if on_error == "deny":
             raise GatewayError(
@@ -341,7 +359,9 @@ async def admit(
     if verdict.admitted or verdict.refused is None:
         return admission
     index = verdict.refused
-    raise refusal(plan.checks[index], verdict.states[index], admission.headers(ctx.api))
+    policy, field = plan.template.sources[index]
+    check, state = plan.checks[index], verdict.states[index]
+    raise refusal(policy, field, check, state, admission.headers(ctx.api))
 
 
 class LimitRefusal(GatewayError):
@@ -353,33 +373,32 @@ class LimitRefusal(GatewayError):
 
 
 def refusal(
-    guarded: Guarded, state: CheckState, rate_headers: list[tuple[str, str]]
+    policy: str, field: str, check: Check, state: CheckState, rate_headers: list[tuple[str, str]]
 ) -> GatewayError:
     """The 429 for a refused check: which policy, and for budgets what is used and left."""
-    field, check = guarded.field, guarded.check
     budget = check.kind == "budget"
     retry_after = max(1, math.ceil(state.reset_s)) if not budget else None
     if budget:
         retry_after = _until_window_end(field)
         unit = "" if field.startswith("tokens") else " (in the models' pricing currency)"
         message = (
-            f"limit policy '{guarded.policy}': {field} budget of {_number(check.limit)}{unit} "
+            f"limit policy '{policy}': {field} budget of {_number(check.limit)}{unit} "
             f"would be exceeded: {_number(state.used)} used or reserved, "
             f"{_number(state.remaining)} left, this request needs about {_number(check.amount)}"
         )
     elif check.kind == "slots":
         message = (
-            f"limit policy '{guarded.policy}': {_number(check.limit)} concurrent streams "
+            f"limit policy '{policy}': {_number(check.limit)} concurrent streams "
             "are already open; retry when one ends"
         )
     else:
         message = (
-            f"limit policy '{guarded.policy}': {field} limit of {_number(check.limit)} reached "
+            f"limit policy '{policy}': {field} limit of {_number(check.limit)} reached "
             f"({_number(state.used)} in the last minute); retry in {retry_after} s"
         )
     headers = [("retry-after", str(retry_after)), *rate_headers]
     return LimitRefusal(
-        guarded.policy,
+        policy,
         message,
         code="insufficient_quota" if budget else "rate_limit_exceeded",
         headers=headers,

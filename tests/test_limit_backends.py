@@ -609,6 +609,32 @@ def test_sqlite_sweeps_expired_rows_of_keys_no_one_reads(tmp_path: Path) -> None
     assert run(backend, script) == [[1, 1, 1], [0, 1, 0], [0, 0, 0]]
 
 
+def test_memory_windows_drop_what_left_and_still_settle_what_stays() -> None:
+    """The memory limiter keeps a window as arrays it trims from the front once most entries
+    have left; a request admitted before a trim settles on its own entry after it."""
+    tpm = Check("rate", "p:tpm:trim", 1e9, 10, 60)
+    limiter = MemoryLimiter()
+    for i in range(3000):  # NOTE: 10 a second: the first 2,400 have left by the end
+        limiter.admit_now(f"r{i}", [tpm], T0 + i / 10)
+    window = limiter._windows[tpm.key]
+    assert len(window.times) < 3000 and window.dropped > 1024  # trimmed
+    limiter.settle_now("r2999", [Settlement(tpm, 4)], T0 + 300)  # in the window: counts
+    limiter.settle_now("r0", [Settlement(tpm, 4)], T0 + 300)  # long gone: nothing to change
+    probe = replace(tpm, amount=0)
+    assert limiter.admit_now("p", [probe], T0 + 300).states[0].used == 598 * 10 + 4
+    assert "r2999" not in limiter._held and "r0" not in limiter._held
+
+
+def test_memory_holds_of_requests_that_never_settle_are_forgotten_after_the_window() -> None:
+    rpm = Check("rate", "p:rpm:holds", 1e9, 1, 60)
+    limiter = MemoryLimiter()
+    for i in range(12_000):
+        limiter.admit_now(f"r{i}", [rpm], T0 + i / 1000)  # NOTE: 12 s: no hold can go yet
+    assert len(limiter._held) == 12_000
+    limiter.admit_now("late", [rpm], T0 + 80)
+    assert list(limiter._held) == ["late"]  # the rest left the 60 s window: forgotten
+
+
 def test_redis_keys_all_expire(redis_prefix: str) -> None:
     import redis
 

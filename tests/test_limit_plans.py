@@ -46,7 +46,8 @@ def counters(
     model: Any = routes.resolve_model("demo-chat")
     plan = plan_limits(routes, None, ctx, model, NOW)
     assert plan is not None
-    return {f"{g.policy}.{g.field}": g.check.key for g in plan.checks}
+    sources = plan.template.sources
+    return {f"{p}.{f}": c.key for (p, f), c in zip(sources, plan.checks, strict=True)}
 
 
 def test_each_request_gets_its_own_key_project_and_address_counters() -> None:
