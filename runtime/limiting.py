@@ -2,7 +2,7 @@
 as headers or a 429, and the settlement once the real usage is known.
 
     plan = plan_limits(table, route, ctx, model, now)       # None: no policy applies
-    admission = await admit(limiter, plan, ctx, now, on_error="allow")   # or raises the 429
+    admission = await admit(limiter, plan, ctx, now, "allow", "api")   # or raises the 429
     admission.headers("openai.chat") -> [("x-ratelimit-limit-requests", "20"), ...]
     ... serve ...
     await limiter.settle(admission.hold, plan.settlements(tokens=812, cost=0.004), now)
@@ -328,40 +328,60 @@ def _number(value: float) -> str:
 
 
 async def admit(
-    limiter: Limiter,
+    limiter: Limiter, plan: LimitPlan, ctx: RequestContext, now: float, on_error: str, style: str
+) -> Admission:
+    """Admit or raise the 429 (or, when the backend fails and `on_error` is ``deny``, a 503)."""
+    hold = _hold(ctx)
+    try:
+        verdict = await limiter.admit(hold, plan.checks, now)
+    except Exception as exc:
+        return _failed(plan, exc, on_error, style)
+    return _admission(plan, verdict, style, hold, ctx.api)
+
+
+def admit_now(
+    limiter: MemoryLimiter,
     plan: LimitPlan,
     ctx: RequestContext,
     now: float,
-    *,
     on_error: str,
-    style: str = "api",
+    style: str,
 ) -> Admission:
-    """Admit or raise the 429 (or, when the backend fails and `on_error` is ``deny``, a 503)."""
+    """`admit` on the memory backend. PERF: it has nothing to wait for, so no coroutine."""
+    hold = _hold(ctx)
     try:
-        # NOTE: not the request id alone: a client may send the same x-request-id twice
-        hold = f"{ctx.request_id}:{unique_suffix()}"
-        if isinstance(limiter, MemoryLimiter):  # PERF: nothing to wait for, so no coroutine
-            verdict = limiter.admit_now(hold, plan.checks, now)
-        else:
-            verdict = await limiter.admit(hold, plan.checks, now)
+        verdict = limiter.admit_now(hold, plan.checks, now)
     except Exception as exc:
-        if on_error == "deny":
-            raise GatewayError(
-                503,
-                "the limits backend is unavailable, so requests are refused "
-                "(limits.on_backend_error: deny)",
-                code="limits_unavailable",
-                headers=(("retry-after", "1"),),
-            ) from None
-        _LOG.warning("limits backend failed; admitting (on_backend_error: allow): %s", exc)
-        return Admission(plan, None, style)
+        return _failed(plan, exc, on_error, style)
+    return _admission(plan, verdict, style, hold, ctx.api)
+
+
+def _hold(ctx: RequestContext) -> str:
+    # NOTE: not the request id alone: a client may send the same x-request-id twice
+    return f"{ctx.request_id}:{unique_suffix()}"
+
+
+def _failed(plan: LimitPlan, exc: Exception, on_error: str, style: str) -> Admission:
+    if on_error == "deny":
+        raise GatewayError(
+            503,
+            "the limits backend is unavailable, so requests are refused "
+            "(limits.on_backend_error: deny)",
+            code="limits_unavailable",
+            headers=(("retry-after", "1"),),
+        ) from None
+    _LOG.warning("limits backend failed; admitting (on_backend_error: allow): %s", exc)
+    return Admission(plan, None, style)
+
+
+def _admission(plan: LimitPlan, verdict: Verdict, style: str, hold: str, api: str) -> Admission:
     admission = Admission(plan, verdict, style, hold)
     if verdict.admitted or verdict.refused is None:
         return admission
     index = verdict.refused
     policy, field = plan.template.sources[index]
     check, state = plan.checks[index], verdict.states[index]
-    raise refusal(policy, field, check, state, admission.headers(ctx.api))
+    raise refusal(policy, field, check, state, admission.headers(api))
 
 
 class LimitRefusal(GatewayError):

@@ -37,7 +37,7 @@ from runtime.balance import LatencyBook, RoundRobinBook, order_targets
 from runtime.bridge import Bridge, EventRelay, Relay, bridge_for
 from runtime.caching import CacheStats, plan_cache, prepare_fill, serve_hit
 from runtime.errors import GatewayError, is_anthropic, stream_error_event
-from runtime.limiting import Admission, LimitRefusal, admit, plan_limits
+from runtime.limiting import Admission, LimitRefusal, admit, admit_now, plan_limits
 from runtime.oauth import OAuthError, TokenSource
 from runtime.redaction import Redactor
 from runtime.request import RequestContext
@@ -51,7 +51,7 @@ from runtime.resilience import (
 )
 from runtime.snapshot import ANTHROPIC_VERSION, PreparedUpstream, Snapshot
 from runtime.state.cache import ResponseCache
-from runtime.state.limits import Limiter
+from runtime.state.limits import Limiter, MemoryLimiter
 from runtime.translate import TranslationError
 from runtime.translate.anthropic import estimate_input_tokens
 from runtime.translate.common import embeddings_as_base64
@@ -186,17 +186,19 @@ async def _admit(
 ) -> Admission | None:
     """Admission against every limit policy that applies (raises the 429); the plan is kept on
     the trace so the request settles its reservations when it ends."""
-    if state.limiter is None or ctx.trace is None:
+    limiter = state.limiter
+    if limiter is None or ctx.trace is None:
         return None
     now = state.clock()
     plan = plan_limits(table, route, ctx, model, now)
     if plan is None:
         return None
-    limits = table.limits
+    on_error, style = table.limits.on_backend_error, table.limits.headers
     try:
-        admission = await admit(
-            state.limiter, plan, ctx, now, on_error=limits.on_backend_error, style=limits.headers
-        )
+        if type(limiter) is MemoryLimiter:  # PERF: nothing to wait for, so no coroutine
+            admission = admit_now(limiter, plan, ctx, now, on_error, style)
+        else:
+            admission = await admit(limiter, plan, ctx, now, on_error, style)
     except GatewayError as exc:
         if exc.status == 429:
             state.limit_refusals += 1

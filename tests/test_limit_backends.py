@@ -628,11 +628,13 @@ def test_memory_windows_drop_what_left_and_still_settle_what_stays() -> None:
 def test_memory_holds_of_requests_that_never_settle_are_forgotten_after_the_window() -> None:
     rpm = Check("rate", "p:rpm:holds", 1e9, 1, 60)
     limiter = MemoryLimiter()
-    for i in range(12_000):
-        limiter.admit_now(f"r{i}", [rpm], T0 + i / 1000)  # NOTE: 12 s: no hold can go yet
+    for i in range(12_000):  # NOTE: within 12 s: the sweep at 10,001 holds keeps them all
+        limiter.admit_now(f"old{i}", [rpm], T0 + i / 1000)
     assert len(limiter._held) == 12_000
-    limiter.admit_now("late", [rpm], T0 + 80)
-    assert list(limiter._held) == ["late"]  # the rest left the 60 s window: forgotten
+    for i in range(8_003):  # NOTE: the next sweep, at 20,003, finds the old ones gone
+        limiter.admit_now(f"new{i}", [rpm], T0 + 80 + i / 1000)
+    assert len(limiter._held) == 8_003
+    assert all(request_id.startswith("new") for request_id in limiter._held)
 
 
 def test_redis_keys_all_expire(redis_prefix: str) -> None:

@@ -73,7 +73,7 @@ class Limiter(Protocol):
     async def close(self) -> None: ...
 
 
-_HELD_CHECK = 10_000  # NOTE: unsettled holds beyond this are checked for expiry
+_HELD_SWEEP = 10_000  # NOTE: unsettled holds are swept for expired ones beyond this
 
 # --- memory ----------------------------------------------------------------------------------
 
@@ -139,6 +139,7 @@ class MemoryLimiter:
         # request id -> (admitted at, counter key -> its first entry's seq), until it settles
         self._held: dict[str, tuple[float, dict[str, int]]] = {}
         self._longest = 0.0  # the longest rate window seen: older holds can settle nothing
+        self._sweep_at = _HELD_SWEEP
         self._budgets: dict[str, tuple[float, float]] = {}  # key -> (value, expires_at)
         self._slots: dict[str, dict[str, float]] = {}  # key -> request id -> expires_at
 
@@ -177,7 +178,7 @@ class MemoryLimiter:
         held = self._held.get(request_id)
         if held is None:
             held = self._held[request_id] = (now, {})
-            if len(self._held) > _HELD_CHECK:
+            if len(self._held) > self._sweep_at:
                 self._forget_holds(now)
         after = []  # each check's state once its amount is added (no second expiry pass)
         for check, window, before in zip(checks, windows, used, strict=True):
@@ -219,14 +220,10 @@ class MemoryLimiter:
 
     def _forget_holds(self, now: float) -> None:
         """Drop the holds of requests that never settled once their entries have left every
-        window (oldest first: a dict keeps admission order)."""
+        window. PERF: a sweep when the holds have doubled since the last: O(1) per admission."""
         oldest = now - self._longest
-        held = self._held
-        while held:
-            request_id = next(iter(held))
-            if held[request_id][0] > oldest:
-                return
-            del held[request_id]
+        self._held = {r: held for r, held in self._held.items() if held[0] > oldest}
+        self._sweep_at = max(_HELD_SWEEP, 2 * len(self._held))
 
     def _used(self, check: Check, now: float) -> float:
         """A budget's or a slot check's use; rate checks are read in `admit_now`."""
