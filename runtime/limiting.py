@@ -14,6 +14,7 @@ survive a reload that leaves the policy unchanged and start afresh when it chang
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import math
 import time
@@ -23,7 +24,7 @@ from typing import Any
 import msgspec
 
 from compiler.table import CompiledModel, CompiledRoute, LimitPolicy, RouteTable
-from runtime.errors import GatewayError, is_anthropic
+from runtime.errors import GatewayError
 from runtime.ids import unique_suffix
 from runtime.request import RequestContext
 from runtime.state.limits import (
@@ -97,34 +98,34 @@ def plan_limits(
     if template is None:
         return None
     tokens, cost = _reservation(ctx, model) if template.counts_tokens else (0, 0.0)
-    day = _day(now) if template.has_budget else ""
-    amounts = (1.0, float(tokens), cost)
-    checks = []
-    for fixed, (kind, key, limit, amount, window, calendar) in zip(
-        template.fixed, template.fields, strict=True
-    ):
-        if fixed is not None:  # PERF: the same check for every request (rpm, stream slots)
-            checks.append(fixed)
-            continue
-        if calendar:
-            key += f":{day if calendar == 'day' else day[:7]}"
-        checks.append(Check(kind, key, limit, amounts[amount], window))
-    return LimitPlan(tuple(checks), template, tokens, cost)
+    checks = template.checks
+    if template.sized:  # NOTE: the checks whose amount or counter key changes per request
+        built = list(checks)
+        day = _day(now) if template.has_budget else ""
+        amounts = (1.0, float(tokens), cost)
+        for index, kind, key, limit, amount, window, calendar in template.sized:
+            if calendar:
+                key += f":{day if calendar == 'day' else day[:7]}"
+            built[index] = Check(kind, key, limit, amounts[amount], window)
+        checks = tuple(built)
+    return LimitPlan(checks, template, tokens, cost)
 
 
 class _Template(msgspec.Struct, gc=False):
     """The checks of a route, key and stream-or-not. Per check: where it comes from (policy,
-    field), how to build it (kind, counter key, limit, amount (0: one, 1: tokens, 2: cost),
-    window, calendar ("", day or month)) or the check itself when no request changes it.
-    `settled`: (check index, settled by cost) of the checks a finished request settles;
-    `rpm` and `tpm`: the indexes of the checks behind the rate-limit headers."""
+    field) and the check itself; `sized` lists those a request rebuilds (tpm and budgets: their
+    amount, budgets their calendar window) as (index, kind, counter key, limit, amount (0: one,
+    1: tokens, 2: cost), window, calendar ("", day or month)). `settled`: (check index, settled
+    by cost) of the checks a finished request settles; `rpm` and `tpm`: the indexes of the
+    checks behind the rate-limit headers; `limits`: each check's limit as header text."""
 
     sources: tuple[tuple[str, str], ...]
-    fields: tuple[tuple[str, str, float, int, float, str], ...]
-    fixed: tuple[Check | None, ...]
+    checks: tuple[Check, ...]
+    sized: tuple[tuple[int, str, str, float, int, float, str], ...]
     settled: tuple[tuple[int, bool], ...]
     rpm: tuple[int, ...]
     tpm: tuple[int, ...]
+    limits: tuple[str, ...]
     counts_tokens: bool
     has_budget: bool
 
@@ -149,7 +150,9 @@ def _template(
     if found is not None and found[0] is table and found[1] is route:
         return found[2]
     policies = applicable_policies(table, route, ctx)
-    sources, fields, fixed = [], [], []
+    sources: list[tuple[str, str]] = []
+    checks: list[Check] = []
+    sized: list[tuple[int, str, str, float, int, float, str]] = []
     counts_tokens = has_budget = False
     for policy in policies:
         shape = _shape(policy)
@@ -160,19 +163,22 @@ def _template(
             if kind == "slots" and not ctx.stream:
                 continue
             counter = f"{policy.state_id}:{field}:{scope}"
+            if amount != "one" or calendar:
+                sized.append(
+                    (len(checks), kind, counter, limit, _AMOUNTS[amount], window, calendar)
+                )
             sources.append((policy.name, field))
-            fields.append((kind, counter, limit, _AMOUNTS[amount], window, calendar))
-            static = amount == "one" and not calendar
-            fixed.append(Check(kind, counter, limit, 1.0, window) if static else None)
+            checks.append(Check(kind, counter, limit, 1.0, window))
     template = None
-    if fields:
+    if checks:
         template = _Template(
             tuple(sources),
-            tuple(fields),
-            tuple(fixed),
+            tuple(checks),
+            tuple(sized),
             tuple((i, f.startswith("cost")) for i, (_, f) in enumerate(sources) if f != "rpm"),
             tuple(i for i, (_, f) in enumerate(sources) if f == "rpm"),
             tuple(i for i, (_, f) in enumerate(sources) if f == "tpm"),
+            tuple(_number(check.limit) for check in checks),
             counts_tokens,
             has_budget,
         )
@@ -262,34 +268,33 @@ class Admission(msgspec.Struct, gc=False):  # PERF: one per request, built in C
         if verdict is None or style == "none":
             return []
         template, states = self.plan.template, verdict.states
-        requests = _tightest(states, template.rpm)
-        tokens = _tightest(states, template.tpm)
-        anthropic = is_anthropic(api)
+        anthropic = api.startswith("anthropic.")
         out: list[tuple[str, str]] = []
-        if requests is not None:
+        if template.rpm:
+            index = _tightest(states, template.rpm)
+            state, limit = states[index], template.limits[index]
             if style != "x-ratelimit":
-                out += _rate_headers(anthropic, "requests", requests)
+                out += _rate_headers(anthropic, "requests", state, limit)
             if style != "api":
                 out += [
-                    ("x-ratelimit-limit", _number(requests.limit)),
-                    ("x-ratelimit-remaining", _number(requests.remaining)),
-                    ("x-ratelimit-reset", str(math.ceil(requests.reset_s))),
+                    ("x-ratelimit-limit", limit),
+                    ("x-ratelimit-remaining", _number(state.remaining)),
+                    ("x-ratelimit-reset", str(math.ceil(state.reset_s))),
                 ]
-        if tokens is not None and style != "x-ratelimit":
-            out += _rate_headers(anthropic, "tokens", tokens)
+        if template.tpm and style != "x-ratelimit":
+            index = _tightest(states, template.tpm)
+            out += _rate_headers(anthropic, "tokens", states[index], template.limits[index])
         return out
 
 
-def _tightest(states: tuple[CheckState, ...], indexes: tuple[int, ...]) -> CheckState | None:
-    """Of the checks at `indexes`, the state with the least left: the most used beyond its
-    limit (the first of equals)."""
-    if len(indexes) == 1:  # PERF: one policy sets them, the common case
-        return states[indexes[0]]
-    tightest = None
-    for i in indexes:
-        state = states[i]
-        if tightest is None or state.used - state.limit > tightest.used - tightest.limit:
-            tightest = state
+def _tightest(states: tuple[CheckState, ...], indexes: tuple[int, ...]) -> int:
+    """Of the checks at `indexes`, the index of the state with the least left: the most used
+    beyond its limit (the first of equals)."""
+    tightest = indexes[0]
+    for i in indexes[1:]:  # PERF: none when one policy sets them, the common case
+        state, best = states[i], states[tightest]
+        if state.used - state.limit > best.used - best.limit:
+            tightest = i
     return tightest
 
 
@@ -307,7 +312,9 @@ _OPENAI_NAMES = _names("x-ratelimit-{n}-{f}")
 _ANTHROPIC_NAMES = _names("anthropic-ratelimit-{f}-{n}")
 
 
-def _rate_headers(anthropic: bool, family: str, state: CheckState) -> list[tuple[str, str]]:
+def _rate_headers(
+    anthropic: bool, family: str, state: CheckState, limit_text: str
+) -> list[tuple[str, str]]:
     limit, used, reset_s = state.limit, state.used, state.reset_s
     if anthropic:
         names = _ANTHROPIC_NAMES[family]
@@ -318,7 +325,7 @@ def _rate_headers(anthropic: bool, family: str, state: CheckState) -> list[tuple
         # PERF: 0 (room left now) is the common case
         when = "0s" if reset_s == 0.0 else f"{reset_s:.3f}s".replace(".000s", "s")
     left = limit - used if used < limit else 0.0
-    return [(names[0], _number(limit)), (names[1], _number(left)), (names[2], when)]
+    return [(names[0], limit_text), (names[1], _number(left)), (names[2], when)]
 
 
 def _number(value: float) -> str:
@@ -347,13 +354,17 @@ def admit_now(
     on_error: str,
     style: str,
 ) -> Admission:
-    """`admit` on the memory backend. PERF: it has nothing to wait for, so no coroutine."""
-    hold = _hold(ctx)
+    """`admit` on the memory backend. PERF: it has nothing to wait for, so no coroutine; and
+    as its counters live in this process, a hold needs to be unique only here."""
+    hold = next(_MEMORY_HOLDS)
     try:
         verdict = limiter.admit_now(hold, plan.checks, now)
     except Exception as exc:
         return _failed(plan, exc, on_error, style)
     return _admission(plan, verdict, style, hold, ctx.api)
+
+
+_MEMORY_HOLDS = map(str, itertools.count())
 
 
 def _hold(ctx: RequestContext) -> str:

@@ -105,9 +105,12 @@ class _Window:
             self.total += actual - self.amounts[index]
             self.amounts[index] = actual
 
-    def expire(self, now: float, window_s: float) -> None:
-        times, head, oldest = self.times, self.head, now - window_s
+    def expire(self, oldest: float) -> float:
+        """Drop the entries at or before `oldest`; the total of those left."""
+        times, head = self.times, self.head
         end = len(times)
+        if head == end or times[head] > oldest:  # PERF: nothing left the window (the common case)
+            return self.total
         while head < end and times[head] <= oldest:
             self.total -= self.amounts[head]
             head += 1
@@ -117,6 +120,7 @@ class _Window:
             self.dropped += head
             head = 0
         self.head = head
+        return self.total
 
     def reset_s(self, now: float, window_s: float, limit: float, amount: float) -> float:
         """Seconds until the window has room for `amount` more (0 when it has now)."""
@@ -150,26 +154,28 @@ class MemoryLimiter:
         """`admit` without a coroutine (the gateway calls it in place of `admit`). PERF: the
         rate checks (rpm, tpm: the common ones) are read inline, not through `_used`, and an
         admission builds only the states after it."""
-        windows: list[_Window | None] = []
+        windows = self._windows
+        found: list[_Window | None] = []
         used: list[float] = []
         refused = None
         for check in checks:
-            window = None
             if check.kind == "rate":
-                window = self._windows.get(check.key)
+                window = windows.get(check.key)
                 if window is None:  # NOTE: not setdefault: that would build a _Window every call
-                    window = self._windows[check.key] = _Window()
-                window.expire(now, check.window_s)
-                before = window.total
+                    window = windows[check.key] = _Window()
+                if check.window_s > self._longest:
+                    self._longest = check.window_s
+                before = window.expire(now - check.window_s)
             else:
+                window = None
                 before = self._used(check, now)
-            if refused is None and before + check.amount > check.limit:
+            if before + check.amount > check.limit and refused is None:
                 refused = len(used)
-            windows.append(window)
+            found.append(window)
             used.append(before)
         if refused is not None:
             states = []
-            for check, window, before in zip(checks, windows, used, strict=True):
+            for check, window, before in zip(checks, found, used, strict=True):
                 reset = 0.0  # NOTE: budgets and slots have no wait the limiter knows
                 if window is not None and before + check.amount > check.limit:
                     reset = window.reset_s(now, check.window_s, check.limit, check.amount)
@@ -180,15 +186,14 @@ class MemoryLimiter:
             held = self._held[request_id] = (now, {})
             if len(self._held) > self._sweep_at:
                 self._forget_holds(now)
+        entries = held[1]
         after = []  # each check's state once its amount is added (no second expiry pass)
-        for check, window, before in zip(checks, windows, used, strict=True):
+        for check, window, before in zip(checks, found, used, strict=True):
             amount = check.amount
             total = before + amount
             reset = 0.0
             if window is not None:
-                held[1].setdefault(check.key, window.add(now, amount))  # NOTE: settle: the first
-                if check.window_s > self._longest:
-                    self._longest = check.window_s
+                entries.setdefault(check.key, window.add(now, amount))  # NOTE: settle: the first
                 if total + amount > check.limit:
                     reset = window.reset_s(now, check.window_s, check.limit, amount)
             else:
