@@ -42,6 +42,7 @@ _MINUTE = 60.0
 _DAY_TTL = 2 * 86400.0
 _MONTH_TTL = 62 * 86400.0
 SLOT_TTL_S = 3600.0  # NOTE: a crashed process's stream slots free themselves after this
+_MEMORY_HOLDS = map(str, itertools.count())  # the memory backend's holds: unique in this process
 
 
 class LimitPlan(msgspec.Struct, gc=False):  # PERF: one per request, built in C
@@ -338,7 +339,8 @@ async def admit(
     limiter: Limiter, plan: LimitPlan, ctx: RequestContext, now: float, on_error: str, style: str
 ) -> Admission:
     """Admit or raise the 429 (or, when the backend fails and `on_error` is ``deny``, a 503)."""
-    hold = _hold(ctx)
+    # NOTE: not the request id alone: a client may send the same x-request-id twice
+    hold = f"{ctx.request_id}:{unique_suffix()}"
     try:
         verdict = await limiter.admit(hold, plan.checks, now)
     except Exception as exc:
@@ -362,14 +364,6 @@ def admit_now(
     except Exception as exc:
         return _failed(plan, exc, on_error, style)
     return _admission(plan, verdict, style, hold, ctx.api)
-
-
-_MEMORY_HOLDS = map(str, itertools.count())
-
-
-def _hold(ctx: RequestContext) -> str:
-    # NOTE: not the request id alone: a client may send the same x-request-id twice
-    return f"{ctx.request_id}:{unique_suffix()}"
 
 
 def _failed(plan: LimitPlan, exc: Exception, on_error: str, style: str) -> Admission:
